@@ -1,0 +1,25 @@
+"""The `duetmc` command line: a thin click layer over the library.
+
+Each module in this package defines a `COMMANDS` list; heavy imports happen inside the commands so
+that `duetmc --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import click
+
+from duetmc import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="duetmc")
+def main() -> None:
+    """Music-text retrieval heads trained from cached, locked encoder features (DuET-MC)."""
+
+
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    for _cmd in importlib.import_module(f"{__name__}.{_mod}").COMMANDS:
+        main.add_command(_cmd)

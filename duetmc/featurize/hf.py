@@ -1,0 +1,54 @@
+"""Loading locked transformers encoders strictly: a missing, unexpected or mis-shaped weight is an error.
+
+Peers lost weeks to encoders that loaded silently random-initialised after a library update
+(DESIGN.md §5). Every load here goes through `strict_from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class EncoderLoadError(RuntimeError):
+    """The encoder's weights do not match its architecture, or cannot be found offline."""
+
+
+def duetmc_home() -> Path:
+    """Where duetmc keeps generated test encoders; $DUETMC_HOME overrides ~/.cache/duetmc."""
+    return Path(os.environ.get("DUETMC_HOME", Path.home() / ".cache" / "duetmc"))
+
+
+def strict_from_pretrained(cls, source: str, revision: str | None = None, **kwargs):
+    """`cls.from_pretrained` that fails on any key mismatch and returns the model in eval mode."""
+    local = Path(source).expanduser()
+    try:
+        model, info = cls.from_pretrained(
+            str(local) if local.exists() else source,
+            revision=revision,
+            output_loading_info=True,
+            local_files_only=local.exists() or os.environ.get("HF_HUB_OFFLINE") == "1",
+            **kwargs,
+        )
+    except OSError as exc:
+        raise EncoderLoadError(
+            f"cannot load {cls.__name__} from {source!r}: {exc}. Pass a local directory with "
+            "--encoder-path, or pre-download the model on a machine with Hub access "
+            "(huggingface-cli download) and point HF_HOME at it."
+        ) from None
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        found = info.get(kind) or []
+        if found:
+            shown = ", ".join(map(str, list(found)[:8]))
+            problems.append(f"{len(found)} {kind.replace('_', ' ')} ({shown}{', ...' if len(found) > 8 else ''})")
+    if problems:
+        raise EncoderLoadError(
+            f"{source!r} does not match {cls.__name__}: " + "; ".join(problems)
+            + ". Refusing to run an encoder with random or unused weights; check the checkpoint, "
+            "the encoder name and the transformers version (pinned in pyproject.toml)."
+        )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -1,0 +1,125 @@
+"""Rendering a pretty_midi song to a mono waveform with one long-lived FluidSynth synth.
+
+Loading FluidR3_GM (148 MB) takes about a second, so each worker process keeps one synth per
+soundfont and resets it between songs. Two details keep renders byte-identical whatever was played
+before: `fluid_synth_write_s16` dithers from a counter that carries over between calls, so we read
+float samples instead, and `system_reset` clears the voices and the reverb and chorus buffers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+
+FLUIDR3_GM = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+TIMGM6MB = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+# Debian package that ships each soundfont, for the error message
+_PACKAGES = {FLUIDR3_GM: "fluid-soundfont-gm", TIMGM6MB: "timgm6mb-soundfont"}
+
+DRUM_CHANNEL = 9  # MIDI channel 10
+_PEAK = 10 ** (-1 / 20)  # normalise each clip to -1 dBFS
+_FADE_S = 0.01  # short fade-out so a cut note does not click
+
+
+class SoundfontError(RuntimeError):
+    """A soundfont is missing or unusable; the message says what to install."""
+
+
+def check_soundfont(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        package = _PACKAGES.get(path)
+        hint = (
+            f"install it with `sudo apt-get install {package}`"
+            if package
+            else "pass the path of a General MIDI .sf2 file"
+        )
+        raise SoundfontError(f"soundfont {path} not found; {hint}")
+    return path
+
+
+class Renderer:
+    """One FluidSynth instance with one soundfont loaded, reused for many songs."""
+
+    def __init__(self, soundfont: str | Path, sample_rate: int):
+        import fluidsynth  # the C library is needed only when rendering
+
+        self.soundfont = check_soundfont(soundfont)
+        self.sample_rate = int(sample_rate)
+        self._synth = fluidsynth.Synth(gain=0.3, samplerate=float(self.sample_rate))
+        self._sfid = self._synth.sfload(str(self.soundfont))
+        if self._sfid < 0:
+            raise SoundfontError(f"{self.soundfont}: FluidSynth could not load this soundfont; is it a valid .sf2 file?")
+        write = fluidsynth._fl.fluid_synth_write_float
+        write.restype = ctypes.c_int
+        write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self._write = write
+
+    def close(self) -> None:
+        self._synth.delete()
+
+    def render(self, pm: pretty_midi.PrettyMIDI, seconds: float) -> np.ndarray:
+        """Render exactly `seconds` of `pm` as float32 mono, peak-normalised to -1 dBFS."""
+        synth, sr = self._synth, self.sample_rate
+        synth.system_reset()
+        events: list[tuple[int, int, tuple]] = []  # (sample, order, message); note-offs first at a tie
+        channels = _assign_channels(pm.instruments)
+        for inst, chan in zip(pm.instruments, channels):
+            if inst.is_drum:
+                synth.program_select(chan, self._sfid, 128, 0)
+            else:
+                synth.program_select(chan, self._sfid, 0, inst.program)
+            for cc in inst.control_changes:
+                events.append((round(cc.time * sr), 1, ("cc", chan, cc.number, cc.value)))
+            for note in inst.notes:
+                events.append((round(note.start * sr), 2, ("on", chan, note.pitch, note.velocity)))
+                events.append((round(note.end * sr), 0, ("off", chan, note.pitch)))
+        events.sort(key=lambda e: (e[0], e[1], e[2]))
+
+        n = int(round(seconds * sr))
+        buf = np.zeros(2 * n, dtype=np.float32)  # interleaved stereo, written in place
+        ptr = buf.ctypes.data
+        pos = 0
+        for sample, _, msg in events:
+            sample = min(sample, n)
+            if sample > pos:
+                self._write(synth.synth, sample - pos, ptr, 2 * pos, 2, ptr, 2 * pos + 1, 2)
+                pos = sample
+            if pos >= n:
+                break
+            if msg[0] == "on":
+                synth.noteon(msg[1], msg[2], msg[3])
+            elif msg[0] == "off":
+                synth.noteoff(msg[1], msg[2])
+            else:
+                synth.cc(msg[1], msg[2], msg[3])
+        if pos < n:
+            self._write(synth.synth, n - pos, ptr, 2 * pos, 2, ptr, 2 * pos + 1, 2)
+        synth.system_reset()
+
+        mono = buf.reshape(n, 2).mean(axis=1)
+        peak = float(np.abs(mono).max())
+        if peak > 0:
+            mono *= _PEAK / peak
+        fade = min(n, int(_FADE_S * sr))
+        mono[n - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+        return mono
+
+
+def _assign_channels(instruments: list[pretty_midi.Instrument]) -> list[int]:
+    """Drums on channel 10 (index 9); melodic parts on the other 15 channels in order."""
+    melodic = (c for c in range(16) if c != DRUM_CHANNEL)
+    out = []
+    for inst in instruments:
+        if inst.is_drum:
+            out.append(DRUM_CHANNEL)
+        else:
+            try:
+                out.append(next(melodic))
+            except StopIteration:
+                raise ValueError("a song may have at most 15 melodic instruments") from None
+    return out
