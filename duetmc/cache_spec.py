@@ -293,3 +293,80 @@ def iter_groups(root: zarr.Group) -> Iterable[tuple[str, str, zarr.Group]]:
 
 def dumps_attrs(group: zarr.Group) -> str:
     return json.dumps(dict(group.attrs), indent=2, sort_keys=True, default=str)
+
+
+# --- inspection --------------------------------------------------------------------------------
+
+
+def cache_info(url: str) -> dict:
+    """Groups, encoders, item counts, shapes, bytes on disk and provenance, as a JSON-able dict."""
+    root = open_root(url)
+    out = {"cache": str(url), "spec_version": root.attrs.get("duetmc_spec_version"), "groups": []}
+    for modality, key, group in iter_groups(root):
+        st = group_status(group, modality, key)
+        arrays = {name: arr for name, arr in group.arrays()}
+        if modality == "text":
+            arrays.update({f"records/{n}": a for n, a in group["records"].arrays()})
+        attrs = dict(group.attrs)
+        out["groups"].append({
+            "modality": modality, "key": key, "encoder": attrs.get("encoder", {}).get("name"),
+            "rows": st.rows, "rows_done": st.rows_done, "rows_failed": st.rows_failed,
+            "items": st.items, "items_done": st.items_done, "items_failed": st.items_failed,
+            "shards": len(st.shards), "incomplete_shards": st.incomplete_shards,
+            "shape": list(group["features"].shape),
+            "bytes_on_disk": int(sum(a.nbytes_stored() for a in arrays.values())),
+            "failures": [list(f) for f in st.failures[:20]],
+            "provenance": attrs,
+        })
+    return out
+
+
+def validate_cache(url: str, scheduler: str | None = None) -> list[str]:
+    """Scan every group out of core, one shard per dask chunk. Returns problems (empty: valid).
+
+    Checks: array shapes agree, done rows are finite and not all zero, failed rows have a reason,
+    and (audio) the window -> item map is consistent. Pass a dask.distributed address as `scheduler`
+    to run the scan on a cluster.
+    """
+    import dask
+    import dask.array as da
+
+    root = open_root(url)
+    problems: list[str] = []
+    client = None
+    if scheduler:
+        from dask.distributed import Client
+
+        client = Client(scheduler)
+    try:
+        for modality, key, group in iter_groups(root):
+            where = f"{modality}/{key}"
+            feats = group["features"]
+            n = feats.shape[0]
+            for name in ("done", "failure") + (("window_item", "window_start") if modality == "audio" else ("lengths", "texts")):
+                if group[name].shape[0] != n:
+                    problems.append(f"{where}: {name} has {group[name].shape[0]} rows, features has {n}")
+            if problems:
+                continue
+            x = da.from_zarr(feats, chunks=(int(group.attrs["rows_per_shard"]),) + feats.shape[1:])
+            finite, nonzero = dask.compute(da.isfinite(x).all(axis=(1, 2, 3)), (x != 0).any(axis=(1, 2, 3)))
+            done = np.asarray(group["done"][:], dtype=bool)
+            failure = read_strings(group["failure"])
+            for label, bad in (("NaN/Inf values", done & ~finite), ("all-zero features", done & ~nonzero)):
+                if bad.any():
+                    problems.append(f"{where}: {int(bad.sum())} done rows have {label} (first: row {int(np.flatnonzero(bad)[0])})")
+            both = done & (failure != "")
+            if both.any():
+                problems.append(f"{where}: {int(both.sum())} rows are marked both done and failed")
+            if modality == "audio":
+                item_rows = np.asarray(group["item_rows"][:])
+                expected = np.repeat(np.arange(len(item_rows)), item_rows[:, 1])
+                if not np.array_equal(expected, np.asarray(group["window_item"][:])):
+                    problems.append(f"{where}: window -> item map disagrees with item_rows")
+            pending = int((~done & (failure == "")).sum())
+            if pending:
+                problems.append(f"{where}: {pending} rows not featurized yet (rerun the featurizer to finish)")
+    finally:
+        if client is not None:
+            client.close()
+    return problems

@@ -19,9 +19,18 @@ def duetmc_home() -> Path:
     return Path(os.environ.get("DUETMC_HOME", Path.home() / ".cache" / "duetmc"))
 
 
-def strict_from_pretrained(cls, source: str, revision: str | None = None, **kwargs):
-    """`cls.from_pretrained` that fails on any key mismatch and returns the model in eval mode."""
+def strict_from_pretrained(cls, source: str, revision: str | None = None,
+                           ignore_unexpected: tuple[str, ...] = (), **kwargs):
+    """`cls.from_pretrained` that fails on any key mismatch and returns the model in eval mode.
+
+    `ignore_unexpected` lists key prefixes that belong to the rest of a bigger checkpoint (a CLIP
+    vision tower when loading the text tower, a T5 decoder when loading the encoder).
+    """
+    from transformers.utils import logging as hf_logging
+
     local = Path(source).expanduser()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its key warnings are replaced by the hard check below
     try:
         model, info = cls.from_pretrained(
             str(local) if local.exists() else source,
@@ -36,9 +45,13 @@ def strict_from_pretrained(cls, source: str, revision: str | None = None, **kwar
             "--encoder-path, or pre-download the model on a machine with Hub access "
             "(huggingface-cli download) and point HF_HOME at it."
         ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     problems = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
         found = info.get(kind) or []
+        if kind == "unexpected_keys":
+            found = [k for k in found if not k.startswith(ignore_unexpected)]
         if found:
             shown = ", ".join(map(str, list(found)[:8]))
             problems.append(f"{len(found)} {kind.replace('_', ' ')} ({shown}{', ...' if len(found) > 8 else ''})")
