@@ -20,6 +20,8 @@ Conventions (one place, tested in tests/test_loss.py):
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +30,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All-gather `[b, d]` from every rank into `[world_size * b, d]`, in rank order, keeping grads."""
     import torch.distributed.nn.functional as dist_fn
 
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    # Still the public autograd-aware gather (its suggested successor lives in a private module);
+    # silence its per-call deprecation notice so training logs stay readable.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
 def swap_replacement_mask(

@@ -116,7 +116,9 @@ def rank_summary(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str,
     return out
 
 
-def _subsets(n_items: int, subset_size: int | None, n_subsets: int, seed: int) -> list[np.ndarray]:
+def item_subsets(n_items: int, subset_size: int | None, n_subsets: int, seed: int) -> list[np.ndarray]:
+    """The seeded item subsets the metrics average over (sorted item indices; the whole set once
+    when `n_items <= subset_size` or `subset_size` is None)."""
     if subset_size is None or n_items <= subset_size:
         return [np.arange(n_items)]
     if n_subsets < 1:
@@ -162,7 +164,7 @@ def retrieval_metrics(
     if query_item.shape[0] != queries.shape[0]:
         raise ValueError(f"{queries.shape[0]} query embeddings but {query_item.shape[0]} query targets")
     per_subset, n_queries = [], []
-    for subset in _subsets(items.shape[0], subset_size, n_subsets, seed):
+    for subset in item_subsets(items.shape[0], subset_size, n_subsets, seed):
         position = np.full(items.shape[0], -1, dtype=np.int64)
         position[subset] = np.arange(subset.size)
         local = position[query_item]
@@ -206,7 +208,7 @@ def music_to_text_metrics(
     has_text = np.zeros(items.shape[0], dtype=bool)
     has_text[text_item] = True
     per_subset, n_queries = [], []
-    for subset in _subsets(items.shape[0], subset_size, n_subsets, seed):
+    for subset in item_subsets(items.shape[0], subset_size, n_subsets, seed):
         in_subset = np.zeros(items.shape[0], dtype=bool)
         in_subset[subset] = True
         candidates = np.flatnonzero(in_subset[text_item])

@@ -5,6 +5,7 @@ Written by `duetmc augment`, read by `duetmc featurize text`. Kinds:
   caption  a human caption from the manifest, or the tag-to-caption caption of all tags (view=None)
   view     an Augmented View Dropout caption (view = 0..K-1)
   swap     a TextSwap hard negative of a tags/caption/view text (parent = that text)
+  label    one tag on its own (item = ""), the query of zero-shot tag retrieval
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-KINDS = ("tags", "caption", "view", "swap")
+KINDS = ("tags", "caption", "view", "swap", "label")
 
 
 class ViewsFileError(ValueError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -293,6 +294,11 @@ def prepare_audio_cache(config: AudioFeaturizeConfig, encoder: AudioEncoder | No
         wl = mk("window_len", (n_rows,), "int64", (rps,), ["window"])
         ids = mk("ids", (len(items),), str, (max(1, len(items)),), ["item"])
         ir = mk("item_rows", (len(items), 2), "int64", (max(1, len(items)), 2), ["item", "pair"])
+        mk("split", (len(items),), str, (max(1, len(items)),), ["item"])[:] = np.array(
+            [it.split or "" for it in items], dtype=object)
+        # ground truth for zero-shot tag retrieval, as JSON {category: [tags]}
+        mk("tags", (len(items),), str, (max(1, len(items)),), ["item"])[:] = np.array(
+            [json.dumps(it.tags, ensure_ascii=False) for it in items], dtype=object)
         row_item = np.concatenate([np.full(len(lay), i, dtype=np.int32) for i, lay in enumerate(layout)])
         wi[:] = row_item
         ws[:] = np.array([s / sr for lay in layout for s, _ in lay], dtype=np.float32)

@@ -137,12 +137,11 @@ def records_from_input(path: str | Path, languages: tuple[str, ...] | None = Non
     if is_views_file(path):
         records = read_views(path)
     else:
-        from duetmc.augment.captions import tags_text
-
         records = []
         for item in load_manifest(path):
-            if item.tags:
-                records.append(TextRecord(item.id, "tags", tags_text(item.tags), source="tags"))
+            flat = [t for tags in item.tags.values() for t in tags]
+            if flat:
+                records.append(TextRecord(item.id, "tags", ", ".join(flat), tags=flat))
             records += [TextRecord(item.id, "caption", c) for c in item.captions]
             records += [TextRecord(item.id, "caption", c, lang=lang)
                         for lang, caps in item.captions_i18n.items() for c in caps]

@@ -6,9 +6,10 @@ output. Decisions worth knowing:
 - **Padding.** Variable-length inputs (text tokens) come with `lengths`; positions past an item's
   length are masked as attention keys and their inputs zeroed, so neither their presence nor their
   content changes the embedding. The CLS position is never masked. Pooled encoders give `T = 1`.
-- **Determinism.** `nn.TransformerEncoder`'s nested-tensor fast path computes padded batches
-  differently from unpadded ones (it drops padded tokens), so it is disabled: the same item gives
-  the same embedding whether it sits in a padded batch or alone (tested).
+- **Determinism.** `nn.TransformerEncoder`'s nested-tensor fast path packs padded batches into
+  a different kernel path, in inference only, so results could depend on the batch's padding and
+  on train/eval mode. It is disabled; the same item gives the same embedding (to float rounding)
+  whether it sits in a padded batch or alone, with or without autograd (tested).
 - **Positions.** Off by default: the cached features are hidden states of Transformer encoders
   (MERT, CLIP-T, mT5, MiniLM) that already carry positional information, and the paper adds none.
   Passing `max_tokens` adds a learnable positional embedding for the CLS slot plus `max_tokens`
