@@ -230,7 +230,6 @@ def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
             epoch = state["epoch"]
             ps = p_swap(epoch, cfg)
             batches = epoch_batches(indices, sampler, cfg.seed, epoch, cfg.batch_size, ps, multiple_of=world)
-            b_local = len(batches[0].ds) // world
             t_epoch = time.perf_counter()
             prefetch = Prefetcher(lambda s: fetch(source, s, rank * (len(s.ds) // world),
                                                   (rank + 1) * (len(s.ds) // world)),
@@ -244,6 +243,7 @@ def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
                     group["lr"] = lr
                 a, t, h, scale = net(audio, text, text_len, hard, hard_len)
                 b_global = len(spec.ds)
+                b_local = b_global // world
                 hard_text = hard_mask = replace = None
                 if h is not None:
                     hard_text = torch.zeros(valid.shape + (h.shape[1],), dtype=h.dtype, device=h.device)
@@ -259,8 +259,12 @@ def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
                 optimizer.step()
                 state["global_step"] += 1
                 state["step"] += 1
-                state["train_loss_sum"] += float(loss.detach()) * len(audio)
-                state["train_samples"] += len(audio)
+                logged = loss.detach().clone()
+                if world > 1:  # log the global batch's loss, not this rank's share
+                    torch.distributed.all_reduce(logged)
+                    logged /= world
+                state["train_loss_sum"] += float(logged) * b_global
+                state["train_samples"] += b_global
                 if _stop_requested(stop, world):
                     break
             prefetch.close()

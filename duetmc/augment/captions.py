@@ -101,7 +101,12 @@ _NOUNS = ("track", "piece", "song", "tune", "composition", "recording", "number"
 _INSTRUMENT_CLAUSES = ("featuring {}", "with {}", "built on {}", "driven by {}", "played on {}", "led by {}", "layered with {}", "arranged for {}")
 _TEMPO_CLAUSES = ("at a {} tempo", "taken at a {} tempo", "moving at a {} tempo")
 _EXTRA_SENTENCES = ("{Label}: {tags}.", "It can also be described as {tags}.", "Further descriptors: {tags}.", "Also tagged {tags}.")
-_LABELS = {"vocals": "Vocals", "era": "Era", "key": "Key", "production": "Production", "theme": "Theme"}
+_CATEGORY_SENTENCES = {
+    "bpm": ("It runs at {tags} BPM.", "The tempo is {tags} BPM."),
+    "key": ("It is in {tags}.", "Key: {tags}."),
+    "vocals": ("Vocals: {tags}.", "It features {tags}."),
+    "era": ("Era: {tags}.", "It evokes the {tags}."),
+}
 # Main sentences. {a_desc}: "a happy rock track"; {desc}: "happy rock track"; {instr}: ", featuring piano";
 # {instruments}: "piano and drums"; {tempo}: ", at a slow tempo"; {moods}/{genres}/{noun} as written.
 _PATTERNS: tuple[tuple[str, frozenset[str]], ...] = (
@@ -204,9 +209,8 @@ class TemplateCaptioner:
         for cat, words in tags.items():
             if cat in ("genre", "mood", "instrument", "tempo") or not words:
                 continue
-            label = _LABELS.get(cat, cat.capitalize())
-            template = rng.choice(_EXTRA_SENTENCES)
-            sentences.append(template.format(Label=label, tags=_join(list(words))))
+            template = rng.choice(_CATEGORY_SENTENCES.get(cat, _EXTRA_SENTENCES))
+            sentences.append(template.format(Label=cat.capitalize(), tags=_join(list(words))))
         return " ".join(sentences)
 
 
@@ -253,6 +257,8 @@ class LLMConfig:
     temperature: float = 0.7
     cache_dir: Path | None = None  # None: no cache
     api_key: str | None = None
+    # stop the run when this many prompts in a row failed to get any answer (server down, wrong URL)
+    max_failures_in_a_row: int = 20
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completions"):
@@ -285,6 +291,8 @@ class LLMCaptioner:
         self.fallback = TemplateCaptioner(self.vocab)
         self.stats = CaptionStats()
         self._lock = threading.Lock()
+        self._failures_in_a_row = 0
+        self._broken: str | None = None
 
     def caption_many(self, requests: Sequence[CaptionRequest]) -> list[Caption]:
         # Identical tag lists share one request: views of different items often coincide.
@@ -327,23 +335,42 @@ class LLMCaptioner:
                 return text
             except (json.JSONDecodeError, KeyError, OSError):
                 pass  # a torn or foreign file: ask again and overwrite it
+        answered = False
         for attempt in range(self.config.retries + 1):
+            if self._broken:
+                raise CaptionerError(self._broken)
             if attempt:
                 with self._lock:
                     self.stats.retries += 1
                 time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+            final = False
             try:
                 text = clean_generation(self._post(body))
+                answered = True
                 problem = check_caption(text, tags, self.vocab, self.config.max_chars)
-            except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:  # HTTP, timeout, bad JSON
+            except urllib.error.HTTPError as exc:
+                problem = f"HTTPError: {exc}"
+                final = 400 <= exc.code < 500 and exc.code not in (408, 429)  # a bad request stays bad
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:  # connection, timeout, bad JSON
                 problem = f"{type(exc).__name__}: {exc}"
             if problem is None:
                 if cache is not None:
                     _write_atomic(cache, {"text": text, "model": self.config.model, "api": self.config.api})
+                with self._lock:
+                    self._failures_in_a_row = 0
                 return text
             with self._lock:
                 if len(self.stats.errors) < 10:
                     self.stats.errors.append(f"tags {', '.join(tags)!r}, attempt {attempt + 1}: {problem}")
+            if final:
+                break
+        with self._lock:
+            self._failures_in_a_row = 0 if answered else self._failures_in_a_row + 1
+            if self._failures_in_a_row >= self.config.max_failures_in_a_row and not self._broken:
+                self._broken = (f"{self.config.url}: {self._failures_in_a_row} prompts in a row got no usable answer "
+                                f"(last: {problem}); check --endpoint, --model and --api, and that the server is up")
+        if self._broken:
+            raise CaptionerError(self._broken)
         return None
 
     def _post(self, body: dict) -> str:

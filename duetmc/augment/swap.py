@@ -62,7 +62,7 @@ def text_swaps(text: str, item_tags: Mapping[str, Sequence[str]], vocab: Vocabul
             swaps.append(Swap(category, None, note=f"no {category} tag of the item found in the text; no {category} swap"))
             continue
         found = list(dict.fromkeys(m.tag for m in hits))
-        pool = [w for w in vocab.swap[category] if normalise(w) not in own and normalise(w) not in in_text]
+        pool = vocab.swap_candidates(category, own | in_text)
         if len(pool) < len(found):
             swaps.append(Swap(category, None, note=f"the {category} dictionary has no descriptor the item lacks; no {category} swap"))
             continue

@@ -85,11 +85,16 @@ class Vocabulary:
             if category not in self._tags:
                 raise VocabularyError(f"{source}: swap dictionary for unknown category {category!r}")
             self.swap[category] = list(dict.fromkeys(words))
+        self._swap_keys = {c: [(w, normalise(w)) for w in words] for c, words in self.swap.items()}
         self._pattern = _compile(list(self._lookup))
 
     @property
     def swap_categories(self) -> tuple[str, ...]:
         return tuple(c for c in self.categories if self.swap.get(c))
+
+    def swap_candidates(self, category: str, exclude: set[str]) -> list[str]:
+        """The category's TextSwap dictionary without the words whose normalised form is in `exclude`."""
+        return [w for w, key in self._swap_keys.get(category, []) if key not in exclude]
 
     def tags_of(self, category: str) -> list[str]:
         return list(self._tags.get(category, []))

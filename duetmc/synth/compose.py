@@ -85,6 +85,15 @@ def compose(spec: SongSpec, seed: int, seconds: float) -> pretty_midi.PrettyMIDI
     return _Composer(spec, np.random.default_rng(seed), seconds).song()
 
 
+def _fold(pitch: int, lo: int, hi: int) -> int:
+    """Move a pitch by octaves into the instrument's range."""
+    while pitch < lo:
+        pitch += 12
+    while pitch > hi:
+        pitch -= 12
+    return pitch
+
+
 class _Composer:
     def __init__(self, spec: SongSpec, rng: np.random.Generator, seconds: float):
         self.spec, self.rng, self.seconds = spec, rng, seconds
@@ -190,17 +199,18 @@ class _Composer:
                 else:
                     degree = root + _TONE_OFFSETS[tone]
                 p = self.pitch(degree, base)
-                while p > base + 14:
+                while p > base + 14:  # stay low: fold fifths and octaves down
                     p -= 12
+                p = _fold(p, *RANGES[name])
                 vel = self.velocity + (4 if step % 8 == 0 else -2)
                 self.add(inst, p, vel, bar * 16 + step, bar * 16 + step + length, self.mood.legato)
 
     def voicing(self, bar: int, name: str, center: int, prev: float | None) -> list[int]:
         """Chord pitches near `center`, the inversion chosen for smooth voice leading."""
+        if name == "distorted guitar":  # power chord: root, (diatonic) fifth, octave
+            base = self.tonic_base(46)
+            return [self.pitch(self.chords[bar] + k, base) for k in (0, 4, 7)]
         base = self.tonic_base(center - 12)
-        if name == "distorted guitar":  # power chord: root, fifth, octave
-            root = self.pitch(self.chords[bar], self.tonic_base(46))
-            return [root, root + 7, root + 12]
         pcs = [self.pitch(d, base) for d in self.chord_degrees(bar)]
         options = []
         for inv in range(len(pcs)):
@@ -214,7 +224,7 @@ class _Composer:
         options.sort(key=lambda v: abs(np.mean(v) - target))
         notes = options[0] if self.rng.random() < 0.7 else options[min(1, len(options) - 1)]
         lo, hi = RANGES[name]
-        return [p for p in notes if lo <= p <= hi]
+        return [_fold(p, lo, hi) for p in notes]
 
     def comp(self, inst: pretty_midi.Instrument, name: str) -> None:
         rhythm = self.g.comp[self.rng.integers(len(self.g.comp))]
@@ -261,6 +271,10 @@ class _Composer:
         for pair in range(math.ceil(self.n_bars / 2)):
             fresh = pair % 4 == 2  # the third phrase is new material, the others repeat the first
             motif = self.motif(density) if fresh else motif_a
+            if pair == 0:
+                start_a = degree
+            elif not fresh:  # a repeat starts where the first phrase did, so the line does not drift
+                degree = start_a
             for start, length, rest, move in motif:
                 bar = pair * 2 + start // 16
                 if bar >= self.n_bars:
@@ -295,4 +309,7 @@ class _Composer:
             length = int(min(self.rng.choice(options, p=weights), 32 - step))
             out.append((step, length, step > 0 and self.rng.random() < 0.12, self.step_move()))
             step += length
+        if abs(sum(n[3] for n in out)) > 2:  # a line that drifts far turns back in its second half
+            half = len(out) // 2
+            out = out[:half] + [(s, n, r, -m) for s, n, r, m in out[half:]]
         return out

@@ -1,0 +1,208 @@
+"""Trainer: the recipe's defaults, schedules, hard negatives in the loss, learning, resume identity."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from duetmc import train as train_mod
+from duetmc.dataset import PairIndex, SamplerConfig, epoch_batches, resolve_spec
+from duetmc.evaluate import EvalConfig, evaluate_index
+from duetmc.train import TrainConfig, learning_rate, load_run, p_swap, train
+from train_fixtures import signal_cache  # noqa: F401  (fixture)
+
+
+def small(cache, out, **kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=16, warmup_epochs=1, patience=100, progress=False, plots=False,
+                keep_epoch_checkpoints=False)
+    base.update(kw)
+    return TrainConfig(data=[resolve_spec(cache)], out=str(out), **base)
+
+
+def test_recipe_defaults():
+    cfg = TrainConfig(data=[], out="x")
+    assert (cfg.temperature, cfg.learn_temperature) == (0.03, False)
+    assert (cfg.lr, cfg.weight_decay, cfg.warmup_epochs, cfg.epochs, cfg.batch_size) == (1e-3, 0.05, 5, 100, 1024)
+    assert (cfg.dim, cfg.transformer_layers, cfg.heads) == (256, 2, 2)
+    assert (cfg.swap_max, cfg.swap_warmup_epochs, cfg.swap_ramp_epochs) == (0.15, 5, 20)
+    assert cfg.views and cfg.swap and cfg.p_cap == 0.5
+
+
+def test_p_swap_schedule():
+    cfg = TrainConfig(data=[], out="x")
+    assert [p_swap(e, cfg) for e in range(5)] == [0.0] * 5
+    ramp = [p_swap(e, cfg) for e in range(5, 25)]
+    assert np.allclose(np.diff(ramp), 0.15 / 20) and ramp[0] == pytest.approx(0.0075)
+    assert ramp[-1] == pytest.approx(0.15)
+    assert p_swap(25, cfg) == p_swap(99, cfg) == pytest.approx(0.15)
+    assert p_swap(50, dataclasses.replace(cfg, swap=False)) == 0.0
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(data=[], out="x", epochs=20, warmup_epochs=5)
+    steps = 10
+    lrs = [learning_rate(s, steps, cfg) for s in range(20 * steps)]
+    assert lrs[0] == pytest.approx(1e-3 / 50)
+    assert np.all(np.diff(lrs[:50]) > 0) and lrs[49] == pytest.approx(1e-3)
+    assert np.all(np.diff(lrs[50:]) <= 1e-12)
+    assert lrs[50 + 75] == pytest.approx(0.5e-3, rel=0.05)  # cosine midpoint
+    assert lrs[-1] < 1e-5
+
+
+def test_epoch_batches_are_deterministic_and_follow_the_text_rules(signal_cache):
+    index = PairIndex(resolve_spec(signal_cache))
+    cfg = SamplerConfig(p_cap=0.0, views=False, swap=False)
+    a = epoch_batches([index], cfg, seed=1, epoch=3, batch_size=16, p_swap=0.0)
+    b = epoch_batches([index], cfg, seed=1, epoch=3, batch_size=16, p_swap=0.0)
+    assert all(np.array_equal(x.text_rows, y.text_rows) and np.array_equal(x.audio_rows, y.audio_rows) for x, y in zip(a, b))
+    train_items = set(index.items("train").tolist())
+    row_item = np.asarray(index.audio["window_item"][:])
+    for batch in a:
+        ks = row_item[batch.audio_rows]
+        assert set(ks.tolist()) <= train_items
+        assert np.array_equal(batch.text_rows, index.tags_row[ks])  # p_cap=0: tags only
+    views = epoch_batches([index], SamplerConfig(p_cap=1.0, views=True, swap=False), 1, 3, 16, 0.0)
+    for batch in views:
+        for r, t in zip(batch.audio_rows, batch.text_rows):
+            assert t in index.views[row_item[r]]
+    fixed = epoch_batches([index], SamplerConfig(p_cap=1.0, views=False, swap=False), 1, 3, 16, 0.0)
+    for batch in fixed:
+        for r, t in zip(batch.audio_rows, batch.text_rows):
+            assert t == index.captions[row_item[r]][0]
+
+
+def test_hard_negatives_are_the_swaps_of_the_positive_text(signal_cache):
+    index = PairIndex(resolve_spec(signal_cache))
+    row_item = np.asarray(index.audio["window_item"][:])
+    on = epoch_batches([index], SamplerConfig(p_cap=0.5, views=True, swap=True), 0, 0, 16, p_swap=1.0)
+    found = 0
+    for batch in on:
+        for j, (r, t) in enumerate(zip(batch.audio_rows, batch.text_rows)):
+            expected = index.swaps.get((row_item[r], t), [])
+            got = [h for h in batch.hard_rows[j] if h >= 0]
+            assert got == expected
+            found += len(got)
+    assert found > 0
+    off = epoch_batches([index], SamplerConfig(p_cap=0.5, views=True, swap=True), 0, 0, 16, p_swap=0.0)
+    assert all((b.hard_rows < 0).all() for b in off)
+
+
+def test_hard_negatives_reach_the_loss_row_of_their_anchor(signal_cache, tmp_path, monkeypatch):
+    calls = []
+    real = train_mod.contrastive_loss
+
+    def spy(audio, text, scale, hard_text=None, hard_mask=None, replace_mask=None, **kw):
+        calls.append((hard_text, hard_mask, replace_mask))
+        return real(audio, text, scale, hard_text, hard_mask, replace_mask, **kw)
+
+    monkeypatch.setattr(train_mod, "contrastive_loss", spy)
+    cfg = small(signal_cache, tmp_path / "run", epochs=1, swap_warmup_epochs=0, swap_ramp_epochs=1, swap_max=1.0,
+                dropout=0.0)
+    train(cfg)
+    assert calls
+    for hard_text, hard_mask, replace in calls:
+        assert hard_mask is not None and hard_mask.any()
+        assert torch.all(hard_text[hard_mask].norm(dim=-1) > 0.99)  # real unit embeddings
+        assert torch.all(hard_text[~hard_mask] == 0)
+        # as many in-batch negatives are replaced as hard negatives were added
+        assert torch.equal(replace.sum(1), hard_mask.sum(1))
+
+
+def test_training_learns_and_beats_untrained_heads(signal_cache, tmp_path):
+    index = PairIndex(resolve_spec(signal_cache))
+    run = tmp_path / "run"
+    summary = train(small(signal_cache, run, epochs=25, batch_size=32, warmup_epochs=2))
+    assert summary["status"] == "finished" and summary["trainable_parameters"] > 1_000_000
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 25 and rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert {"train_loss", "val_loss", "val_R@10", "lr", "p_swap", "samples_per_s"} <= set(rows[0])
+    model, _ = load_run(run)
+    learned = evaluate_index(model, index, EvalConfig(split="test"))["text_to_music"]["en"]
+    untrained = train(small(signal_cache, tmp_path / "untrained", epochs=0))
+    model0, _ = load_run(tmp_path / "untrained")
+    before = evaluate_index(model0, index, EvalConfig(split="test"))["text_to_music"]["en"]
+    n_test = len(index.items("test"))
+    chance = 100 * 10 / n_test
+    assert untrained["epochs"] == 0
+    assert learned["R@10"] > 1.5 * chance, (learned, chance)
+    assert learned["R@10"] > before["R@10"] + 15, (learned, before)
+
+
+def _weights(run: Path, name: str) -> dict:
+    return load_file(str(run / f"{name}.safetensors"))
+
+
+def test_resume_after_sigusr1_gives_identical_weights(signal_cache, tmp_path):
+    """A run pre-empted mid-epoch by SIGUSR1 and resumed ends bit-identical to an uninterrupted one."""
+    common = ["--cache", signal_cache, "--epochs", "4", "--batch-size", "8", "--config"]
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"warmup_epochs": 1, "plots": False, "keep_epoch_checkpoints": False,
+                                "swap_warmup_epochs": 0, "swap_ramp_epochs": 2}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    duetmc = [sys.executable, "-m", "duetmc", "train"]
+    subprocess.run(duetmc + common + [str(conf), "--out", str(tmp_path / "full")], check=True, env=env,
+                   capture_output=True)
+    run = tmp_path / "cut"
+    proc = subprocess.Popen(duetmc + common + [str(conf), "--out", str(run)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the second epoch
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    state = json.loads((run / "last.json").read_text())["train"]
+    assert state["epoch"] < 4
+    subprocess.run(duetmc + ["--out", str(run), "--cache", signal_cache, "--resume"], check=True, env=env,
+                   capture_output=True)
+    full, cut = _weights(tmp_path / "full", "last"), _weights(run, "last")
+    assert full.keys() == cut.keys()
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+    assert (run / "metrics.jsonl").read_text().count("\n") == 4
+
+
+def test_checkpoints_load_without_pickle(signal_cache, tmp_path):
+    run = tmp_path / "run"
+    train(small(signal_cache, run, epochs=2, keep_epoch_checkpoints=True, plots=True))
+    for name in ("best", "last", "checkpoints/epoch_000", "checkpoints/epoch_001"):
+        assert (run / f"{name}.safetensors").exists() and (run / f"{name}.json").exists()
+    assert (run / "last.optim.safetensors").exists()
+    assert (run / "loss.png").stat().st_size > 1000 and (run / "r10.png").exists()
+    conf = json.loads((run / "config.json").read_text())
+    assert conf["train"]["temperature"] == 0.03 and conf["heads"]["dim"] == 256
+    with pytest.raises(FileExistsError):
+        train(small(signal_cache, run, epochs=2))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(signal_cache, tmp_path):
+    """torchrun with 2 gloo ranks and global batch B == one process with batch B (60 train items: even batches)."""
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"dropout": 0.0, "warmup_epochs": 1, "plots": False, "keep_epoch_checkpoints": False,
+                                "swap_warmup_epochs": 0, "swap_ramp_epochs": 1, "swap_max": 0.5}))
+    args = ["train", "--cache", signal_cache, "--epochs", "2", "--batch-size", "16", "--config", str(conf)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DUETMC_DIST_BACKEND": "gloo"}
+    subprocess.run([sys.executable, "-m", "duetmc", *args, "--out", str(tmp_path / "one")], check=True, env=env,
+                   capture_output=True)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "duetmc", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = _weights(tmp_path / "one", "last"), _weights(tmp_path / "two", "last")
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=2e-5, rtol=1e-4), k
+    m1 = [json.loads(x)["train_loss"] for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x)["train_loss"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert np.allclose(m1, m2, rtol=1e-4)
