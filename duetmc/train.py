@@ -234,6 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
             prefetch = Prefetcher(lambda s: fetch(source, s, rank * (len(s.ds) // world),
                                                   (rank + 1) * (len(s.ds) // world)),
                                   batches[state["step"]:], cfg.prefetch)
+            lr = learning_rate(max(0, state["global_step"] - 1), len(batches), cfg)  # if no step is left
             net.train()
             for spec, (audio, text, text_len, valid, hard, hard_len) in zip(batches[state["step"]:], prefetch):
                 step = state["global_step"]

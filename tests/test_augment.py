@@ -230,7 +230,9 @@ def test_pipeline_writes_every_kind_with_the_right_fields(tmp_path):
         assert s.lang == "en"  # the German caption is not swapped
     # item c has no tags: only its human caption, and nothing to swap in it
     assert not [r for r in recs if r.item == "c" and r.kind != "caption"]
-    assert report.records_by_kind == {k: sum(r.kind == k for r in recs) for k in ("tags", "swap", "caption", "view")}
+    assert report.records_by_kind == {k: sum(r.kind == k for r in recs) for k in ("tags", "swap", "caption", "view", "label")}
+    labels = [r.text for r in recs if r.kind == "label"]
+    assert labels == sorted(set(labels)) and "rock" in labels and all(r.item == "" for r in recs if r.kind == "label")
     assert report.unknown_tags == 1 and report.items_without_tags == 1
     assert report.swaps_made == sum(r.kind == "swap" for r in recs)
     # item a: tags, 2 captions in English, 4 views -> 7 swappable texts x 3 categories

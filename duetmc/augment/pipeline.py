@@ -6,6 +6,7 @@ Per item, in this order, each English text followed by its TextSwap hard negativ
            tag-to-caption caption of all tags (view=None, source = the captioner's, or "fallback")
   view     one Augmented View Dropout caption per view (view=0..K-1, tags = the view's tags)
   swap     parent = the text it was made from; a swap that could not be made leaves a note on the parent
+  label    after all items: each distinct tag on its own (item ""), for zero-shot tag retrieval
 Every random choice is seeded from (seed, item id, purpose), so the output does not depend on the
 order of items and reruns are identical.
 """
@@ -24,6 +25,9 @@ from duetmc.augment.views import ViewConfig, draw_views
 from duetmc.augment.viewsfile import TextRecord
 from duetmc.augment.vocab import Vocabulary, default_vocabulary, warn_unknown
 from duetmc.manifest import Item
+
+
+NO_LABEL = ("bpm", "other")  # numbers and unknown free text make poor tag queries
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -113,6 +117,9 @@ def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, 
         for rec, swappable in texts:
             records += _with_swaps(rec, tags, vocab, seed, report) if swappable else [rec]
 
+    # Each distinct tag on its own: the queries of zero-shot tag retrieval (TTMR style).
+    labels = sorted({t for tags in tags_of.values() for cat, ts in tags.items() if cat not in NO_LABEL for t in ts})
+    records += [TextRecord("", "label", t, source="vocabulary", tags=[t]) for t in labels]
     report.records_by_kind = dict(Counter(r.kind for r in records))
     report.captions_by_source = dict(Counter(r.source for r in records if r.kind in ("caption", "view")))
     return AugmentResult(records, report)

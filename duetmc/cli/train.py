@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -87,7 +88,9 @@ def train_cmd(caches, weights, audio_key, text_key, config_file, out, resume, as
         cfg = _base_config(caches, weights, audio_key, text_key, out, config_file, _overrides(kw))
     cfg.progress = not as_json
     summary = train(cfg, resume=resume)
-    if as_json:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        pass
+    elif as_json:
         emit_json(summary)
     elif summary["status"] == "finished":
         click.echo(f"finished {summary['epochs']} epochs; best epoch {summary['best_epoch']} "

@@ -1,0 +1,29 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM cluster on localhost (tests/slurm_cluster.py), shared by the session.
+
+    Never skipped: without the Debian packages the tests fail with the command that installs them.
+    """
+    from slurm_cluster import SlurmClusterError, start_cluster
+
+    # Not under tmp_path_factory: pytest's base dir is 0700 and munged needs an a+x path to its socket.
+    root = Path(tempfile.mkdtemp(prefix="duetmc-slurm-"))
+    try:
+        cluster = start_cluster(root)
+    except SlurmClusterError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"could not start the local SLURM cluster: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
