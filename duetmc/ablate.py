@@ -34,6 +34,7 @@ P_CAP_SWEEP = (0.0, 0.5, 1.0)
 class AblateConfig:
     base: TrainConfig
     eval_caches: list[str] = field(default_factory=list)
+    eval_names: list[str] = field(default_factory=list)  # table column names [default: cache folder names]
     seeds: int = 3
     p_cap_sweep: bool = True
     untrained_baseline: bool = True
@@ -82,7 +83,7 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
             for index in eval_indices:
                 res = evaluate_index(model, index, cfg.eval)
                 for lang, m in res["text_to_music"].items():
-                    rows.append({"config": name, "seed": seed, "dataset": _dataset_name(index, lang), **m})
+                    rows.append({"config": name, "seed": seed, "dataset": _dataset_name(cfg, index, lang), **m})
             timings["eval"] += time.perf_counter() - t
             if progress:
                 last = rows[-1]
@@ -100,8 +101,10 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
     return result
 
 
-def _dataset_name(index: PairIndex, lang: str) -> str:
-    name = Path(index.spec.cache.rstrip("/")).name
+def _dataset_name(cfg: AblateConfig, index: PairIndex, lang: str) -> str:
+    caches = cfg.eval_caches or [cfg.base.data[0].cache]
+    position = caches.index(index.spec.cache)
+    name = cfg.eval_names[position] if position < len(cfg.eval_names) else Path(index.spec.cache.rstrip("/")).stem
     return name if lang in ("en", "tags") else f"{name} [{lang}]"
 
 

@@ -135,8 +135,9 @@ def run_quickstart(cfg: QuickstartConfig, say=print) -> dict:
         _featurize(heldout, out / "views_heldout_sf.jsonl", cache_sf, cfg, say)
     with _step("4/5 train + 5/5 ablate", timings, say):
         base = TrainConfig(data=[resolve_spec(cache)], out=str(out / "ablation"), seed=cfg.seed, **cfg.train)
-        result = run_ablation(AblateConfig(base, [cache, cache_sf], seeds=cfg.seeds, p_cap_sweep=False,
-                                           eval=EvalConfig(split="test")), progress=True)
+        result = run_ablation(AblateConfig(base, [cache, cache_sf], ["test (FluidR3)", "test (TimGM6mb)"],
+                                           seeds=cfg.seeds, p_cap_sweep=False, eval=EvalConfig(split="test")),
+                              progress=True)
     table = result["table"]
     full_run = out / "ablation" / "textswap" / "seed0"
     test_tags = _common_test_tags(cache)
