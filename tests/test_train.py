@@ -201,8 +201,10 @@ def test_two_process_ddp_matches_one_process(signal_cache, tmp_path):
                           "-m", "duetmc", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     one, two = _weights(tmp_path / "one", "last"), _weights(tmp_path / "two", "last")
+    # Adam divides by sqrt(v): float-order noise in near-zero gradients moves a weight by a fraction of
+    # one lr step (1e-3); dropping a single sample from a batch moves them by several steps.
     for k in one:
-        assert torch.allclose(one[k], two[k], atol=2e-5, rtol=1e-4), k
-    m1 = [json.loads(x)["train_loss"] for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(x)["train_loss"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert np.allclose(m1, m2, rtol=1e-4)
+        assert torch.allclose(one[k], two[k], atol=1e-3, rtol=0), k
+    m1, m2 = ([json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("one", "two"))
+    assert np.allclose([m["train_loss"] for m in m1], [m["train_loss"] for m in m2], rtol=1e-4)
+    assert np.allclose([m["val_loss"] for m in m1], [m["val_loss"] for m in m2], rtol=1e-5)

@@ -175,7 +175,8 @@ def ablate_cmd(caches, weights, audio_key, text_key, config_file, eval_caches, o
     from duetmc.train import REQUEUE_EXIT_CODE
 
     base = _base_config(caches, weights, audio_key, text_key, out, config_file, _overrides(kw))
-    cfg = AblateConfig(base, list(eval_caches), seeds, not no_sweep, eval=EvalConfig(n_subsets=subsets))
+    cfg = AblateConfig(base, eval_caches=list(eval_caches), seeds=seeds, p_cap_sweep=not no_sweep,
+                       eval=EvalConfig(n_subsets=subsets))
     result = run_ablation(cfg, progress=not as_json)
     if result.get("status") == "preempted":
         click.echo(f"pre-empted in {result['run']}; rerun the same command to continue", err=True)
