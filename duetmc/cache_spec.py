@@ -57,6 +57,10 @@ class AudioSettings:
     layers: tuple[int, ...] | None = None  # None: every hidden state
     dtype: str = "float16"
 
+    def __post_init__(self):
+        if self.hop_s is not None and float(self.hop_s) == float(self.window_s):
+            object.__setattr__(self, "hop_s", None)  # same features, so the same settings and key
+
     @property
     def hop(self) -> float:
         return self.window_s if self.hop_s is None else self.hop_s
@@ -343,10 +347,11 @@ def validate_cache(url: str, scheduler: str | None = None) -> list[str]:
             where = f"{modality}/{key}"
             feats = group["features"]
             n = feats.shape[0]
-            for name in ("done", "failure") + (("window_item", "window_start") if modality == "audio" else ("lengths", "texts")):
-                if group[name].shape[0] != n:
-                    problems.append(f"{where}: {name} has {group[name].shape[0]} rows, features has {n}")
-            if problems:
+            shapes = [f"{where}: {name} has {group[name].shape[0]} rows, features has {n}"
+                      for name in ("done", "failure") + (("window_item", "window_start") if modality == "audio" else ("lengths", "texts"))
+                      if group[name].shape[0] != n]
+            if shapes:  # the row checks below need equal shapes; other groups are still checked
+                problems += shapes
                 continue
             x = da.from_zarr(feats, chunks=(int(group.attrs["rows_per_shard"]),) + feats.shape[1:])
             finite, nonzero = dask.compute(da.isfinite(x).all(axis=(1, 2, 3)), (x != 0).any(axis=(1, 2, 3)))

