@@ -226,6 +226,14 @@ def read_strings(array, sl=slice(None)) -> np.ndarray:
     return np.asarray(array[sl], dtype=object)
 
 
+def check_compute_dtype(group: zarr.Group, dtype: str, url: str) -> None:
+    """One array, one compute precision: resuming a bf16 run in float32 (or back) would mix them."""
+    stored = group.attrs.get("compute_dtype", "float32")
+    if stored != dtype:
+        raise CacheError(f"{url}: {group.path} was computed in {stored}; resume it with --dtype {stored}, "
+                         f"or featurize into another --cache to use {dtype}")
+
+
 def provenance(settings, encoder_info: dict, extra: dict | None = None) -> dict:
     return {
         "spec_version": SPEC_VERSION,

@@ -431,3 +431,16 @@ def test_unknown_encoder_and_missing_path_are_load_errors(tmp_path, monkeypatch)
         load_audio_encoder("mert-v1-95m", str(tmp_path / "nothing-here"))
     with pytest.raises(EncoderLoadError, match="cannot load HubertModel from 'no-such-model'"):
         load_audio_encoder("mert-v1-95m", "no-such-model")  # a Hub id, offline
+
+
+def test_resuming_with_another_compute_dtype_is_refused(tmp_path):
+    from duetmc.cache_spec import CacheError
+    from duetmc.featurize.audio import AudioFeaturizeConfig, featurize_audio, prepare_audio_cache
+
+    rows = clip_set(tmp_path, 2, seconds=0.5)
+    write_manifest_rows(tmp_path / "m.jsonl", rows)
+    cfg = AudioFeaturizeConfig(str(tmp_path / "m.jsonl"), str(tmp_path / "c.zarr"), "tiny-audio", progress=False)
+    featurize_audio(cfg)
+    cfg.dtype = "bf16"
+    with pytest.raises(CacheError, match="computed in float32; resume it with --dtype float32"):
+        prepare_audio_cache(cfg)

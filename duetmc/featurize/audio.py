@@ -331,6 +331,7 @@ def prepare_audio_cache(config: AudioFeaturizeConfig, encoder: AudioEncoder | No
             "modality": "audio", "sample_rate": sr, "window_samples": win, "hop_samples": hop,
             "layers": layers, "n_layers_encoder": encoder.n_layers, "dim": encoder.dim,
             "rows_per_shard": rps, "batch_size": config.batch_size, "min_samples": encoder.min_samples,
+            "compute_dtype": config.dtype,
             "manifest": str(Path(config.manifest).resolve()) if config.manifest else None,
         }))
         return group, items, encoder, lengths
@@ -346,6 +347,7 @@ def _check_existing(group, items: list[Item], encoder: AudioEncoder, config: Aud
             f"({len(stored_ids)} ids stored, {len(items)} given, {differ} differ). Use a new --cache, "
             "or delete that group to re-plan it."
         )
+    cache_spec.check_compute_dtype(group, config.dtype, config.cache)
     sha = attrs["encoder"]["weights_sha256"]
     if sha != encoder.info["weights_sha256"]:
         raise CacheError(

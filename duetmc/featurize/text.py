@@ -207,6 +207,7 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
             if group.attrs["encoder"]["weights_sha256"] != encoder.info["weights_sha256"]:
                 raise CacheError(f"{config.cache}: text/{key} was written with other {encoder.name} weights; "
                                  "use another --cache")
+            cache_spec.check_compute_dtype(group, config.dtype, config.cache)
             return group, encoder
         n, rps, T, D, L = len(texts), config.rows_per_shard, int(lengths.max()), encoder.dim, len(layers)
         group = root.require_group("text").require_group(key)
@@ -235,7 +236,7 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
                 values, dtype=object if dtype is str else dtype)
         group.attrs.update(cache_spec.provenance(settings, encoder.info, {
             "modality": "text", "layers": layers, "n_layers_encoder": encoder.n_layers, "dim": D,
-            "max_tokens": T, "rows_per_shard": rps, "batch_size": config.batch_size,
+            "max_tokens": T, "rows_per_shard": rps, "batch_size": config.batch_size, "compute_dtype": config.dtype,
             "input": str(Path(config.input).resolve()),
             "languages": sorted({r.lang for r in records}),
         }))
