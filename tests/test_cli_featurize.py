@@ -165,8 +165,8 @@ def test_failures_give_a_nonzero_exit_unless_allowed_and_are_listed(bad_manifest
     args = ["featurize", "audio", manifest, "--cache", d / "c", "--encoder", "tiny-audio", "--workers", "1"]
     res = invoke(*args)
     assert res.exit_code == 1
-    assert f"{len(BAD_KINDS)} rows failed" in res.stderr and "--allow-failures" in res.stderr
-    assert f"done 3, failed {len(BAD_KINDS)}, skipped (already done) 0" in res.stdout
+    assert f"{len(BAD_KINDS)} windows failed" in res.stderr and "--allow-failures" in res.stderr
+    assert f"windows: done 3, failed {len(BAD_KINDS)}, skipped (already done) 0" in res.stdout
     for kind, reason in BAD_KINDS.items():
         line = next(x for x in res.stdout.splitlines() if f"FAILED bad_{kind}:" in x)
         assert reason in line, line

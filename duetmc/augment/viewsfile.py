@@ -82,6 +82,9 @@ def is_views_file(path: str | Path) -> bool:
     with Path(path).open(encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return False  # not a views file; the manifest loader names the bad line
                 return isinstance(row, dict) and "kind" in row and "audio" not in row
     return False

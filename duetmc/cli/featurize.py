@@ -22,16 +22,16 @@ def _layers(value: str | None):
     return tuple(int(v) for v in value.split(","))
 
 
-def _finish(summary, as_json: bool, allow_failures: bool) -> None:
+def _finish(summary, as_json: bool, allow_failures: bool, unit: str) -> None:
     if as_json:
         emit_json(summary.to_json())
     else:
-        click.echo(f"done {summary.done}, failed {summary.failed}, skipped (already done) {summary.skipped} "
-                   f"in {summary.seconds:.1f} s")
+        click.echo(f"{unit}: done {summary.done}, failed {summary.failed}, skipped (already done) "
+                   f"{summary.skipped} in {summary.seconds:.1f} s")
         for label, reason in summary.failures:
             click.echo(f"  FAILED {label}: {reason}")
     if summary.failed and not allow_failures:
-        click.echo(f"{summary.failed} rows failed; rerun after fixing them, or pass --allow-failures", err=True)
+        click.echo(f"{summary.failed} {unit} failed; rerun after fixing them, or pass --allow-failures", err=True)
         sys.exit(1)
 
 
@@ -63,7 +63,7 @@ def audio_cmd(manifest, cache, encoder, encoder_path, revision, window_s, hop_s,
     config = AudioFeaturizeConfig(manifest, cache, encoder, encoder_path, revision, window_s, hop_s, tokens,
                                   _layers(layers), batch_size, workers, shard, device, dtype, rows_per_shard,
                                   progress=not as_json)
-    _finish(featurize_audio(config), as_json, allow_failures)
+    _finish(featurize_audio(config), as_json, allow_failures, "windows")
 
 
 @featurize.command("text")
@@ -89,7 +89,7 @@ def text_cmd(input, cache, encoder, encoder_path, revision, layers, max_tokens, 
     config = TextFeaturizeConfig(input, cache, encoder, encoder_path, revision, _layers(layers), max_tokens,
                                  tuple(languages.split(",")) if languages else None, batch_size, 1, shard,
                                  device, dtype, progress=not as_json)
-    _finish(featurize_text(config), as_json, allow_failures=False)
+    _finish(featurize_text(config), as_json, allow_failures=False, unit="texts")
 
 
 @click.group()
