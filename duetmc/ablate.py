@@ -63,6 +63,7 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
     eval_indices = [PairIndex(DataSpec(c, spec.audio, spec.text)) for c in (cfg.eval_caches or [spec.cache])]
     timings["load"] += time.perf_counter() - t0
     rows: list[dict] = []
+    runs_trained = 0
     configs = configurations(cfg)
     if cfg.untrained_baseline:
         configs = [("untrained heads", {})] + configs
@@ -74,6 +75,7 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
             if name == "untrained heads":
                 rcfg = dataclasses.replace(rcfg, epochs=0)
             if not (run / "summary.json").exists():
+                runs_trained += 1
                 summary = train(rcfg, resume=(run / "last.json").exists(), data=data)
                 if summary["status"] != "finished":
                     return {"status": "preempted", "run": str(run)}
@@ -94,7 +96,7 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
     (out / "table.md").write_text(
         f"Text→music retrieval, mean ± std over {cfg.seeds} seed(s); subsets of {cfg.eval.subset_size} clips. "
         f"Chance R@10 ≈ {chance:.1f} %.\n\n" + table)
-    result = {"rows": rows, "table": table_rows, "timings": timings, "chance_R@10": chance,
+    result = {"rows": rows, "table": table_rows, "timings": timings, "chance_R@10": chance, "runs_trained": runs_trained,
               "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     bar_chart(table_rows, out / "bars.png")

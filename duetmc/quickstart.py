@@ -61,23 +61,29 @@ def _complete(cache: str, modality: str) -> bool:
         cache_spec.group_status(root[modality][k], modality, k).incomplete_shards == [] for k in groups)
 
 
-def _featurize(manifest: Path, views: Path, cache: str, cfg: QuickstartConfig, say) -> None:
+def _featurize(manifest: Path, views: Path, cache: str, cfg: QuickstartConfig, say) -> dict:
+    """Featurize what is missing; returns how many windows and texts were computed now."""
     from duetmc.featurize.audio import AudioFeaturizeConfig, featurize_audio
     from duetmc.featurize.text import TextFeaturizeConfig, featurize_text
 
+    computed = {"audio": 0, "text": 0}
     if not _complete(cache, "audio"):
         s = featurize_audio(AudioFeaturizeConfig(str(manifest), cache, cfg.audio_encoder, workers=cfg.workers))
         say(f"   audio: {s.done} clips featurized, {s.failed} failed, {s.skipped} reused")
+        computed["audio"] = s.done
     else:
         say("   audio: reused the cache")
     if not _complete(cache, "text"):
         s = featurize_text(TextFeaturizeConfig(str(views), cache, cfg.text_encoder, batch_size=128))
         say(f"   text: {s.done} texts featurized, {s.skipped} reused")
+        computed["text"] = s.done
     else:
         say("   text: reused the cache")
+    return computed
 
 
-def _augment(manifest: Path, views: Path, cfg: QuickstartConfig, say) -> None:
+def _augment(manifest: Path, views: Path, cfg: QuickstartConfig, say) -> int:
+    """Write the views file unless it exists; returns the number of records written now."""
     from duetmc.augment.captions import TemplateCaptioner
     from duetmc.augment.pipeline import run_augment
     from duetmc.augment.viewsfile import write_views
@@ -85,10 +91,11 @@ def _augment(manifest: Path, views: Path, cfg: QuickstartConfig, say) -> None:
 
     if views.exists():
         say(f"   reused {views}")
-        return
+        return 0
     result = run_augment(load_manifest(manifest), TemplateCaptioner(), n_views=cfg.views, seed=cfg.seed)
     write_views(result.records, views)
     say(f"   {len(result.records)} texts: {result.report.records_by_kind}")
+    return len(result.records)
 
 
 def _verdicts(table: list[dict]) -> list[str]:
@@ -126,13 +133,15 @@ def run_quickstart(cfg: QuickstartConfig, say=print) -> dict:
         rep = synth_corpus(SynthConfig(corpus, n_items=cfg.items, seed=cfg.seed, workers=cfg.workers))
         say(f"   {rep.n_items} clips ({rep.n_rendered} rendered, {rep.n_cached} reused), splits {rep.splits}")
     manifest, heldout = Path(rep.manifest), Path(rep.heldout_manifest)
+    work = {"clips_rendered": rep.n_rendered}
     with _step("2/5 augment", timings, say):
-        _augment(manifest, out / "views.jsonl", cfg, say)
-        _augment(heldout, out / "views_heldout_sf.jsonl", cfg, say)
+        work["texts_written"] = (_augment(manifest, out / "views.jsonl", cfg, say)
+                                 + _augment(heldout, out / "views_heldout_sf.jsonl", cfg, say))
     cache, cache_sf = str(out / "cache.zarr"), str(out / "cache_heldout_sf.zarr")
     with _step("3/5 featurize", timings, say):
-        _featurize(manifest, out / "views.jsonl", cache, cfg, say)
-        _featurize(heldout, out / "views_heldout_sf.jsonl", cache_sf, cfg, say)
+        a = _featurize(manifest, out / "views.jsonl", cache, cfg, say)
+        b = _featurize(heldout, out / "views_heldout_sf.jsonl", cache_sf, cfg, say)
+        work["windows_featurized"], work["texts_featurized"] = a["audio"] + b["audio"], a["text"] + b["text"]
     with _step("4/5 train + 5/5 ablate", timings, say):
         base = TrainConfig(data=[resolve_spec(cache)], out=str(out / "ablation"), seed=cfg.seed, **cfg.train)
         result = run_ablation(AblateConfig(base, [cache, cache_sf], ["test (FluidR3)", "test (TimGM6mb)"],
@@ -144,7 +153,8 @@ def run_quickstart(cfg: QuickstartConfig, say=print) -> dict:
     query = f"a {test_tags['mood']} {test_tags['genre']} song with {test_tags['instrument']}"
     hits = search(full_run, query, cache, top_k=5, split="test")
     total = time.perf_counter() - t0
-    summary = {"seconds": round(total, 1), "timings": timings, "table": table,
+    work["runs_trained"] = result["runs_trained"]
+    summary = {"seconds": round(total, 1), "timings": timings, "work": work, "table": table,
                "chance_R@10": result["chance_R@10"], "verdicts": _verdicts(table), "query": query, "hits": hits,
                "plots": [str(out / "ablation" / "bars.png"), str(full_run / "loss.png"), str(full_run / "r10.png")],
                "config": dataclasses.asdict(cfg)}
