@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 
 # The paper's schedule is 100 epochs with a 5-epoch warm-up and a 5 + 20-epoch TextSwap ramp; the
-# quickstart keeps its shape at a quarter of the length so it fits in minutes on two CPU cores.
-QUICKSTART_TRAIN = dict(epochs=25, batch_size=64, warmup_epochs=2, swap_warmup_epochs=2, swap_ramp_epochs=8,
+# quickstart keeps its shape at a fifth of the length so it fits in minutes on two CPU cores.
+QUICKSTART_TRAIN = dict(epochs=20, batch_size=64, warmup_epochs=2, swap_warmup_epochs=2, swap_ramp_epochs=8,
                         patience=100)
 
 
 @dataclass
 class QuickstartConfig:
     out: str = "quickstart"
-    items: int = 300
+    items: int = 240
     seed: int = 0
     seeds: int = 2
     workers: int = 2
@@ -108,10 +108,13 @@ def _verdicts(table: list[dict]) -> list[str]:
             a, b = by.get((before, dataset)), by.get((after, dataset))
             if not a or not b:
                 continue
-            delta = b["R@10"] - a["R@10"]
-            noise = float(np.hypot(a["R@10_std"], b["R@10_std"]))
-            verdict = "helps" if delta > noise else "hurts" if delta < -noise else "within the seed spread"
-            out.append(f"{dataset}: {after} vs {before}: ΔR@10 = {delta:+.1f} (spread ±{noise:.1f}) -> {verdict}")
+            parts = []
+            for key in ("R@1", "R@10"):  # R@10 saturates on small test splits; R@1 still moves
+                delta = b[key] - a[key]
+                noise = float(np.hypot(a[f"{key}_std"], b[f"{key}_std"]))
+                verdict = "helps" if delta > noise else "hurts" if delta < -noise else "within the seed spread"
+                parts.append(f"Δ{key} = {delta:+.1f} (spread ±{noise:.1f}): {verdict}")
+            out.append(f"{dataset}: {after} vs {before}: " + "; ".join(parts))
     return out
 
 

@@ -9,10 +9,10 @@ from duetmc.cli.common import emit_json, friendly_errors
 
 @click.command("quickstart")
 @click.option("--out", default="quickstart", show_default=True, help="Working directory (reused by reruns).")
-@click.option("--items", default=300, show_default=True, help="Synthetic clips (80/10/10 train/val/test).")
+@click.option("--items", default=240, show_default=True, help="Synthetic clips (80/10/10 train/val/test).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--seeds", default=2, show_default=True, help="Training seeds per ablation row.")
-@click.option("--epochs", default=None, type=int, help="Epochs per run [25].")
+@click.option("--epochs", default=None, type=int, help="Epochs per run [20].")
 @click.option("--workers", default=2, show_default=True, help="Synthesis processes and decode threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON at the end.")
 @friendly_errors(ValueError, RuntimeError, FileNotFoundError)
