@@ -61,20 +61,22 @@ def _complete(cache: str, modality: str) -> bool:
         cache_spec.group_status(root[modality][k], modality, k).incomplete_shards == [] for k in groups)
 
 
-def _featurize(manifest: Path, views: Path, cache: str, cfg: QuickstartConfig, say) -> dict:
+def _featurize(manifest: Path, views: Path, cache: str, cfg: QuickstartConfig, say, progress: bool) -> dict:
     """Featurize what is missing; returns how many windows and texts were computed now."""
     from duetmc.featurize.audio import AudioFeaturizeConfig, featurize_audio
     from duetmc.featurize.text import TextFeaturizeConfig, featurize_text
 
     computed = {"audio": 0, "text": 0}
     if not _complete(cache, "audio"):
-        s = featurize_audio(AudioFeaturizeConfig(str(manifest), cache, cfg.audio_encoder, workers=cfg.workers))
+        s = featurize_audio(AudioFeaturizeConfig(str(manifest), cache, cfg.audio_encoder, workers=cfg.workers,
+                                                 progress=progress))
         say(f"   audio: {s.done} clips featurized, {s.failed} failed, {s.skipped} reused")
         computed["audio"] = s.done
     else:
         say("   audio: reused the cache")
     if not _complete(cache, "text"):
-        s = featurize_text(TextFeaturizeConfig(str(views), cache, cfg.text_encoder, batch_size=128))
+        s = featurize_text(TextFeaturizeConfig(str(views), cache, cfg.text_encoder, batch_size=128,
+                                               progress=progress))
         say(f"   text: {s.done} texts featurized, {s.skipped} reused")
         computed["text"] = s.done
     else:
@@ -118,7 +120,7 @@ def _verdicts(table: list[dict]) -> list[str]:
     return out
 
 
-def run_quickstart(cfg: QuickstartConfig, say=print) -> dict:
+def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> dict:
     from duetmc.ablate import AblateConfig, run_ablation
     from duetmc.dataset import resolve_spec
     from duetmc.evaluate import EvalConfig
@@ -133,7 +135,7 @@ def run_quickstart(cfg: QuickstartConfig, say=print) -> dict:
     t0 = time.perf_counter()
     corpus = out / "corpus"
     with _step("1/5 synth", timings, say):
-        rep = synth_corpus(SynthConfig(corpus, n_items=cfg.items, seed=cfg.seed, workers=cfg.workers))
+        rep = synth_corpus(SynthConfig(corpus, n_items=cfg.items, seed=cfg.seed, workers=cfg.workers), progress)
         say(f"   {rep.n_items} clips ({rep.n_rendered} rendered, {rep.n_cached} reused), splits {rep.splits}")
     manifest, heldout = Path(rep.manifest), Path(rep.heldout_manifest)
     work = {"clips_rendered": rep.n_rendered}
@@ -142,14 +144,14 @@ def run_quickstart(cfg: QuickstartConfig, say=print) -> dict:
                                  + _augment(heldout, out / "views_heldout_sf.jsonl", cfg, say))
     cache, cache_sf = str(out / "cache.zarr"), str(out / "cache_heldout_sf.zarr")
     with _step("3/5 featurize", timings, say):
-        a = _featurize(manifest, out / "views.jsonl", cache, cfg, say)
-        b = _featurize(heldout, out / "views_heldout_sf.jsonl", cache_sf, cfg, say)
+        a = _featurize(manifest, out / "views.jsonl", cache, cfg, say, progress)
+        b = _featurize(heldout, out / "views_heldout_sf.jsonl", cache_sf, cfg, say, progress)
         work["windows_featurized"], work["texts_featurized"] = a["audio"] + b["audio"], a["text"] + b["text"]
     with _step("4/5 train + 5/5 ablate", timings, say):
         base = TrainConfig(data=[resolve_spec(cache)], out=str(out / "ablation"), seed=cfg.seed, **cfg.train)
         result = run_ablation(AblateConfig(base, [cache, cache_sf], ["test (FluidR3)", "test (TimGM6mb)"],
                                            seeds=cfg.seeds, p_cap_sweep=False, eval=EvalConfig(split="test")),
-                              progress=True)
+                              progress=progress)
     table = result["table"]
     full_run = out / "ablation" / "textswap" / "seed0"
     test_tags = _common_test_tags(cache)

@@ -23,7 +23,7 @@ def quickstart(out, items, seed, seeds, epochs, workers, as_json):
     cfg = QuickstartConfig(out=out, items=items, seed=seed, seeds=seeds, workers=workers)
     if epochs is not None:
         cfg.train["epochs"] = epochs
-    summary = run_quickstart(cfg, say=(lambda *_: None) if as_json else click.echo)
+    summary = run_quickstart(cfg, say=(lambda *_: None) if as_json else click.echo, progress=not as_json)
     if as_json:
         emit_json(summary)
 
