@@ -68,8 +68,9 @@ def _featurize(manifest: Path, views: Path, cache: str, cfg: QuickstartConfig, s
 
     computed = {"audio": 0, "text": 0}
     if not _complete(cache, "audio"):
-        s = featurize_audio(AudioFeaturizeConfig(str(manifest), cache, cfg.audio_encoder, workers=cfg.workers,
-                                                 progress=progress))
+        # batch 1: musicnn's large activations make batched CPU forwards slower (BENCHMARKS.md, #3)
+        s = featurize_audio(AudioFeaturizeConfig(str(manifest), cache, cfg.audio_encoder, batch_size=1,
+                                                 workers=cfg.workers, progress=progress))
         say(f"   audio: {s.done} clips featurized, {s.failed} failed, {s.skipped} reused")
         computed["audio"] = s.done
     else:

@@ -7,9 +7,14 @@ that `duetmc --help` stays instant.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 import click
+
+# OpenMP's default spin-wait made 2-thread torch steps several times slower on shared, oversubscribed
+# nodes (BENCHMARKS.md, "OpenMP wait policy"). Set before torch loads; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from duetmc import __version__
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 
 import click
@@ -30,3 +32,18 @@ def friendly_errors(*error_types: type[BaseException]):
         return wrapper
 
     return deco
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout (this process and its children) to stderr, so that a
+    `--json` command prints nothing but its JSON (pyfluidsynth, for one, prints when $CI is set)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

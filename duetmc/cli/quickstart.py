@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from duetmc.cli.common import emit_json, friendly_errors
+from duetmc.cli.common import emit_json, friendly_errors, stdout_to_stderr
 
 
 @click.command("quickstart")
@@ -23,9 +23,12 @@ def quickstart(out, items, seed, seeds, epochs, workers, as_json):
     cfg = QuickstartConfig(out=out, items=items, seed=seed, seeds=seeds, workers=workers)
     if epochs is not None:
         cfg.train["epochs"] = epochs
-    summary = run_quickstart(cfg, say=(lambda *_: None) if as_json else click.echo, progress=not as_json)
     if as_json:
+        with stdout_to_stderr():
+            summary = run_quickstart(cfg, say=lambda *_: None, progress=False)
         emit_json(summary)
+    else:
+        run_quickstart(cfg, say=click.echo)
 
 
 COMMANDS = [quickstart]
