@@ -60,7 +60,11 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     data = load_data(cfg.base)
     spec = cfg.base.data[0]
-    eval_indices = [PairIndex(DataSpec(c, spec.audio, spec.text)) for c in (cfg.eval_caches or [spec.cache])]
+    indices, source, _ = data
+    trained_on = {ix.spec.cache: d for d, ix in enumerate(indices)}
+    # an evaluation cache that is also a training cache reuses its loaded features
+    eval_indices = [indices[trained_on[c]] if c in trained_on else PairIndex(DataSpec(c, spec.audio, spec.text))
+                    for c in (cfg.eval_caches or [spec.cache])]
     timings["load"] += time.perf_counter() - t0
     rows: list[dict] = []
     runs_trained = 0
@@ -83,7 +87,8 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
             t = time.perf_counter()
             model, _ = load_run(run, "best" if (run / "best.json").exists() else "last")
             for index in eval_indices:
-                res = evaluate_index(model, index, cfg.eval)
+                d = trained_on.get(index.spec.cache)
+                res = evaluate_index(model, index, cfg.eval, *((source, d) if d is not None else ()))
                 for lang, m in res["text_to_music"].items():
                     rows.append({"config": name, "seed": seed, "dataset": _dataset_name(cfg, index, lang), **m})
             timings["eval"] += time.perf_counter() - t

@@ -318,6 +318,11 @@ class StreamingSource:
         self.pool.shutdown()
 
 
+def trim_padding(text: torch.Tensor, lengths: torch.Tensor):
+    """Drop padding columns beyond the batch's longest text: masked tokens cost compute, not results."""
+    return text[:, :, : int(lengths.max())], lengths
+
+
 def check_compatible(indices: list[PairIndex]) -> None:
     """Mixed caches must share feature shapes (same encoders and settings), except text length."""
     a0, t0 = indices[0].audio_shape, indices[0].text_shape

@@ -17,14 +17,22 @@ import numpy as np
 import torch
 
 from duetmc import metrics
-from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource
+from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource, trim_padding
 from duetmc.heads.model import DuetHeads
 from duetmc.loss import contrastive_loss
 
 
+BATCH_BYTES = 64 << 20  # float32 input per evaluation batch: bounds peak memory on any cache
+
+
+def _rows_per_batch(shape) -> int:
+    return int(max(1, min(512, BATCH_BYTES // (4 * int(np.prod(shape))))))
+
+
 @torch.no_grad()
-def embed_items(model: DuetHeads, source, d: int, index: PairIndex, items: np.ndarray, batch: int = 512) -> np.ndarray:
+def embed_items(model: DuetHeads, source, d: int, index: PairIndex, items: np.ndarray) -> np.ndarray:
     """Clip embeddings: every window encoded, averaged per clip, normalised."""
+    batch = _rows_per_batch(index.audio_shape)
     starts, counts = index.item_rows[items, 0], index.item_rows[items, 1]
     rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, counts)]) if len(items) else np.zeros(0, int)
     out = []
@@ -38,11 +46,11 @@ def embed_items(model: DuetHeads, source, d: int, index: PairIndex, items: np.nd
 
 
 @torch.no_grad()
-def embed_texts(model: DuetHeads, source, d: int, rows: np.ndarray, batch: int = 512) -> np.ndarray:
+def embed_texts(model: DuetHeads, source, d: int, rows: np.ndarray, batch: int = 256) -> np.ndarray:
     out = []
     for lo in range(0, len(rows), batch):
         r = np.asarray(rows[lo:lo + batch])
-        x, lens = source.text_batch(np.full(len(r), d), r)
+        x, lens = trim_padding(*source.text_batch(np.full(len(r), d), r))
         out.append(model.encode_text(x, lens).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
 
@@ -126,17 +134,23 @@ def _labels(index: PairIndex, items: np.ndarray) -> tuple[list[str], np.ndarray]
     return names, labels
 
 
-def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig) -> dict:
-    """Every metric for one cache: per-language text->music, music->text, zero-shot tag retrieval."""
-    source = MemorySource([index], cfg.device) if index.audio["features"].nbytes < 4 * 2**30 \
-        else StreamingSource([index], cfg.device)
+def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=None, d: int = 0) -> dict:
+    """Every metric for one cache: per-language text->music, music->text, zero-shot tag retrieval.
+
+    `source`/`d` reuse a feature source that already holds this cache as dataset `d` (the trainer's).
+    """
+    own = source is None
+    if own:
+        d = 0
+        source = MemorySource([index], cfg.device) if index.audio["features"].nbytes < 4 * 2**30 \
+            else StreamingSource([index], cfg.device)
     items = index.items(cfg.split) if cfg.split != "all" else np.flatnonzero(index.usable)
     if len(items) == 0:
         raise ValueError(f"{index.spec.cache}: no featurized clips in split {cfg.split!r}")
-    item_emb = embed_items(model, source, 0, index, items)
+    item_emb = embed_items(model, source, d, index, items)
     result: dict = {"cache": index.spec.cache, "split": cfg.split, "n_items": int(len(items)), "text_to_music": {}}
     for lang, (rows, targets) in queries(index, items).items():
-        q = embed_texts(model, source, 0, rows)
+        q = embed_texts(model, source, d, rows)
         result["text_to_music"][lang] = metrics.retrieval_metrics(
             q, item_emb, targets, cfg.subset_size, cfg.n_subsets, cfg.seed)
         if cfg.music_to_text and lang in ("en", "tags"):
@@ -145,12 +159,13 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig) -> dict:
     labelled = _labels(index, items) if cfg.tag_retrieval else None
     if labelled is not None:
         names, labels = labelled
-        tag_emb = embed_texts(model, source, 0, np.array([index.labels[n] for n in names]))
+        tag_emb = embed_texts(model, source, d, np.array([index.labels[n] for n in names]))
         try:
             result["tag_retrieval"] = metrics.tag_retrieval_metrics(tag_emb, item_emb, labels)
         except ValueError as exc:
             result["tag_retrieval"] = {"skipped": str(exc)}
-    source.close()
+    if own:
+        source.close()
     return result
 
 

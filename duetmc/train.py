@@ -24,7 +24,7 @@ import torch
 
 from duetmc.checkpoint import load_checkpoint, save_checkpoint
 from duetmc.dataset import (BatchSpec, DataSpec, MemorySource, PairIndex, SamplerConfig, StreamingSource,
-                            check_compatible, epoch_batches)
+                            check_compatible, epoch_batches, trim_padding)
 from duetmc.heads.model import DuetHeads, HeadsConfig
 from duetmc.loss import contrastive_loss, swap_replacement_mask
 
@@ -138,21 +138,16 @@ class PairForward(torch.nn.Module):
         return a, t, h, self.heads.logit_scale()
 
 
-def _trim(text: torch.Tensor, lengths: torch.Tensor):
-    """Drop padding columns beyond the batch's longest text: masked tokens cost compute, not results."""
-    return text[:, :, : int(lengths.max())], lengths
-
-
 def fetch(source, spec: BatchSpec, lo: int, hi: int):
     """Features of rows lo:hi of a batch spec (this rank's slice), hard negatives flattened."""
     ds = spec.ds[lo:hi]
     audio = source.audio_batch(ds, spec.audio_rows[lo:hi])
-    text, text_len = _trim(*source.text_batch(ds, spec.text_rows[lo:hi]))
+    text, text_len = trim_padding(*source.text_batch(ds, spec.text_rows[lo:hi]))
     hard_rows = spec.hard_rows[lo:hi]
     valid = hard_rows >= 0
     if valid.any():
         r, k = np.nonzero(valid)
-        hard, hard_len = _trim(*source.text_batch(ds[r], hard_rows[r, k]))
+        hard, hard_len = trim_padding(*source.text_batch(ds[r], hard_rows[r, k]))
     else:
         hard = hard_len = None
     return audio, text, text_len, torch.from_numpy(valid), hard, hard_len

@@ -56,6 +56,7 @@ def train_options(fn):
                      help="Feature source [auto: memory when it fits --memory-budget-gb]."),
         click.option("--memory-budget-gb", type=float, default=None, help="[8]"),
         click.option("--device", default=None, help="cpu, cuda, cuda:1 … [cpu]"),
+        click.option("--val-every", type=int, default=None, help="Validate every N epochs [1]."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -64,7 +65,7 @@ def train_options(fn):
 
 def _overrides(kw: dict) -> dict:
     keys = ("p_cap", "views", "swap", "epochs", "batch_size", "lr", "patience", "seed", "mode",
-            "memory_budget_gb", "device")
+            "memory_budget_gb", "device", "val_every")
     return {k: kw.get(k) for k in keys}
 
 
