@@ -127,13 +127,18 @@ def item_subsets(n_items: int, subset_size: int | None, n_subsets: int, seed: in
     return [np.sort(rng.choice(n_items, size=subset_size, replace=False)) for _ in range(n_subsets)]
 
 
-def _average(per_subset: list[dict[str, float]], extra: dict) -> dict:
+def _average(per_subset: list[dict[str, float]], n_queries: list[int], n_items: int, subset_size: int | None,
+             empty: str) -> dict:
+    """Mean and std over subsets of each metric, with the subset bookkeeping; `empty` is the error."""
+    if not per_subset:
+        raise ValueError(empty)
     out: dict = {}
     for key in per_subset[0]:
         values = np.array([m[key] for m in per_subset])
         out[key] = float(values.mean())
         out[f"{key}_std"] = float(values.std())
-    out.update(extra)
+    out.update(n_subsets=len(per_subset), subset_size=int(min(n_items, subset_size or n_items)),
+               n_queries=float(np.mean(n_queries)))
     return out
 
 
@@ -174,16 +179,8 @@ def retrieval_metrics(
         ranks = _embedding_ranks(queries[chosen], items[subset], target=local[chosen], max_bytes=max_bytes)
         per_subset.append(rank_summary(ranks, ks))
         n_queries.append(chosen.size)
-    if not per_subset:
-        raise ValueError("no query has its target among the items; check query_item")
-    return _average(
-        per_subset,
-        {
-            "n_subsets": len(per_subset),
-            "subset_size": int(min(items.shape[0], subset_size or items.shape[0])),
-            "n_queries": float(np.mean(n_queries)),
-        },
-    )
+    return _average(per_subset, n_queries, items.shape[0], subset_size,
+                    "no query has its target among the items; check query_item")
 
 
 def music_to_text_metrics(
@@ -223,16 +220,7 @@ def music_to_text_metrics(
         )
         per_subset.append(rank_summary(ranks, ks))
         n_queries.append(query_items.size)
-    if not per_subset:
-        raise ValueError("no item has a text; check text_item")
-    return _average(
-        per_subset,
-        {
-            "n_subsets": len(per_subset),
-            "subset_size": int(min(items.shape[0], subset_size or items.shape[0])),
-            "n_queries": float(np.mean(n_queries)),
-        },
-    )
+    return _average(per_subset, n_queries, items.shape[0], subset_size, "no item has a text; check text_item")
 
 
 def tag_retrieval_metrics(tag_emb, item_emb, labels) -> dict:
