@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import build_cache, emit, fmt, ratio, stats, timeit
+from common import build_cache, emit, fmt, timeit
 
 SR = 24000
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -198,7 +197,7 @@ def open_features(root: zarr.Group, modality: str, settings, url: str = "") -> z
         raise CacheError(
             f"{url}: no {modality} features with the requested settings ({modality}/{key}). "
             "What the cache has instead, and what differs:\n" + "\n".join(lines)
-            + f"\nFeaturize with these settings, or request the cache's settings."
+            + "\nFeaturize with these settings, or request the cache's settings."
         )
     group = root[modality][key]
     stored = dict(group.attrs).get("settings", {})
@@ -302,9 +301,6 @@ def iter_groups(root: zarr.Group) -> Iterable[tuple[str, str, zarr.Group]]:
         for key in list_groups(root, modality):
             yield modality, key, root[modality][key]
 
-
-def dumps_attrs(group: zarr.Group) -> str:
-    return json.dumps(dict(group.attrs), indent=2, sort_keys=True, default=str)
 
 
 # --- inspection --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +98,7 @@ def learning_rate(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
 
 
 def heads_config(indices: list[PairIndex], cfg: TrainConfig) -> HeadsConfig:
-    (al, at, ad), (tl, tt, td) = indices[0].audio_shape, indices[0].text_shape
+    (al, at, ad), (tl, _, td) = indices[0].audio_shape, indices[0].text_shape
     return HeadsConfig(audio_dim=ad, audio_layers=al, text_dim=td, text_layers=tl, dim=cfg.dim,
                        transformer_layers=cfg.transformer_layers, heads=cfg.heads, dropout=cfg.dropout,
                        temperature=cfg.temperature, learn_temperature=cfg.learn_temperature,

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -421,6 +421,3 @@ def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
     summary.failures = list(dict(summary.failures).items())
     return summary
 
-
-def config_dict(config: AudioFeaturizeConfig) -> dict:
-    return asdict(config)
