@@ -9,6 +9,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="module", autouse=True)
+def duetmc_home(tmp_path_factory):
+    """Generated tiny encoders go to one session-wide temp dir, never ~/.cache (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.getbasetemp() / "duetmc-home"
+        mp.setenv("DUETMC_HOME", str(home))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield home
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A real single-node SLURM cluster on localhost (tests/slurm_cluster.py), shared by the session.

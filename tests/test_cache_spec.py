@@ -15,14 +15,6 @@ from duetmc import cache_spec
 from duetmc.cache_spec import AudioSettings, CacheError, TextSettings
 
 
-@pytest.fixture(scope="module", autouse=True)
-def duetmc_home(tmp_path_factory):
-    """Generated tiny encoders go to one session-wide temp dir, never ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        home = tmp_path_factory.getbasetemp() / "duetmc-home"
-        mp.setenv("DUETMC_HOME", str(home))
-        yield home
-
 
 # --- shard planning ------------------------------------------------------------------------------
 

@@ -27,15 +27,6 @@ RUN_ARGS = ["--encoder", "tiny-audio", "--window", "1", "--batch-size", "2", "--
 SETTINGS = AudioSettings("tiny-audio", window_s=1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def duetmc_home(tmp_path_factory):
-    """Generated tiny encoders go to one session-wide temp dir, never ~/.cache (subprocesses inherit it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        home = tmp_path_factory.getbasetemp() / "duetmc-home"
-        mp.setenv("DUETMC_HOME", str(home))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield home
-
 
 def cli(*args) -> list[str]:
     return [sys.executable, "-c", "from duetmc.cli import main; main()", *map(str, args)]

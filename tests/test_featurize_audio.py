@@ -21,14 +21,6 @@ SR = 24000  # tiny-audio's rate
 MIN_SAMPLES = 400  # tiny-audio's conv front end needs 400 samples for one frame
 
 
-@pytest.fixture(scope="module", autouse=True)
-def duetmc_home(tmp_path_factory):
-    """Generated tiny encoders go to one session-wide temp dir, never ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        home = tmp_path_factory.getbasetemp() / "duetmc-home"
-        mp.setenv("DUETMC_HOME", str(home))
-        yield home
-
 
 def featurize(manifest, cache, **kw):
     kw.setdefault("workers", 1)

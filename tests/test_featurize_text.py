@@ -17,15 +17,6 @@ from duetmc.featurize.hf import EncoderLoadError, strict_from_pretrained
 from duetmc.featurize.text import TextFeaturizeConfig, featurize_text, load_text_encoder, records_from_input
 
 
-@pytest.fixture(scope="module", autouse=True)
-def duetmc_home(tmp_path_factory):
-    """Generated tiny encoders go to one session-wide temp dir, never ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        home = tmp_path_factory.getbasetemp() / "duetmc-home"
-        mp.setenv("DUETMC_HOME", str(home))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield home
-
 
 RECORDS = [
     TextRecord("a", "tags", "rock, happy, electric guitar", tags=["rock", "happy", "electric guitar"]),
