@@ -225,6 +225,15 @@ def read_strings(array, sl=slice(None)) -> np.ndarray:
     return np.asarray(array[sl], dtype=object)
 
 
+def resolve_layers(requested: tuple[int, ...] | None, n_layers: int, encoder: str) -> list[int]:
+    """The hidden states to store: all of them (None) or the requested indices, each checked."""
+    layers = list(range(n_layers)) if requested is None else list(requested)
+    for li in layers:
+        if not -n_layers <= li < n_layers:
+            raise CacheError(f"layer {li} does not exist: {encoder} has {n_layers} hidden states")
+    return layers
+
+
 def check_compute_dtype(group: zarr.Group, dtype: str, url: str) -> None:
     """One array, one compute precision: resuming a bf16 run in float32 (or back) would mix them."""
     stored = group.attrs.get("compute_dtype", "float32")

@@ -271,6 +271,15 @@ def _read_records(src: Path, jsonl: bool = False) -> list[tuple[str, dict]]:
     return [(f"{src}: record {i}", rec) for i, rec in enumerate(data)]
 
 
+def _objects(records: list[tuple[str, object]], report: ImportReport):
+    """The records that are JSON objects; the others are listed in the report and skipped."""
+    for where, rec in records:
+        if not isinstance(rec, dict) or "__error__" in rec:
+            report.problems.append(f"{where}: {rec.get('__error__') if isinstance(rec, dict) else 'not an object'}; skipped")
+            continue
+        yield where, rec
+
+
 def import_lp_musiccaps(src: Path, options: ImportOptions) -> tuple[list[Item], ImportReport]:
     src = Path(src)
     vocab = options.vocab or default_vocabulary()
@@ -281,10 +290,7 @@ def import_lp_musiccaps(src: Path, options: ImportOptions) -> tuple[list[Item], 
     out: list[tuple[Item, bool]] = []
     unknown: list[str] = []
     seen: set[str] = set()
-    for where, rec in records:
-        if not isinstance(rec, dict) or "__error__" in rec:
-            report.problems.append(f"{where}: {rec.get('__error__') if isinstance(rec, dict) else 'not an object'}; skipped")
-            continue
+    for where, rec in _objects(records, report):
         track = str(rec.get("track_id", "")).strip()
         if not track or track in seen:
             report.problems.append(f"{where}: {'missing' if not track else 'duplicate'} track_id {track!r}; skipped")
@@ -318,10 +324,7 @@ def import_jsonl(src: Path, options: ImportOptions) -> tuple[list[Item], ImportR
     out: list[tuple[Item, bool]] = []
     unknown: list[str] = []
     seen: set[str] = set()
-    for where, rec in records:
-        if not isinstance(rec, dict) or "__error__" in rec:
-            report.problems.append(f"{where}: {rec.get('__error__') if isinstance(rec, dict) else 'not an object'}; skipped")
-            continue
+    for where, rec in _objects(records, report):
         row = dict(rec)
         caption = row.pop("caption", None)
         if caption is not None:

@@ -276,10 +276,7 @@ def prepare_audio_cache(config: AudioFeaturizeConfig, encoder: AudioEncoder | No
     settings = config.settings
     sr = encoder.sample_rate
     win, hop = int(round(settings.window_s * sr)), int(round(settings.hop * sr))
-    layers = list(range(encoder.n_layers)) if settings.layers is None else list(settings.layers)
-    for li in layers:
-        if not -encoder.n_layers <= li < encoder.n_layers:
-            raise CacheError(f"layer {li} does not exist: {encoder.name} has {encoder.n_layers} hidden states")
+    layers = cache_spec.resolve_layers(settings.layers, encoder.n_layers, encoder.name)
     with plan_lock(config.cache):
         root = cache_spec.open_root(config.cache, mode="a")
         key = settings.key()

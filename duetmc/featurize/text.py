@@ -184,10 +184,7 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
     encoder = encoder or load_text_encoder(config.encoder, config.encoder_path, config.revision)
     records = records_from_input(config.input, config.languages)
     settings = config.settings
-    layers = list(range(encoder.n_layers)) if settings.layers is None else list(settings.layers)
-    for li in layers:
-        if not -encoder.n_layers <= li < encoder.n_layers:
-            raise CacheError(f"layer {li} does not exist: {encoder.name} has {encoder.n_layers} hidden states")
+    layers = cache_spec.resolve_layers(settings.layers, encoder.n_layers, encoder.name)
     texts = list(dict.fromkeys(r.text for r in records))
     cap = min(settings.max_tokens or encoder.max_tokens, encoder.max_tokens)
     lengths = encoder.token_lengths(texts, cap)
