@@ -31,13 +31,14 @@ from typing import Any, Iterable
 
 import numpy as np
 import zarr
+from duetmc.errors import DuetmcError
 
 SPEC_VERSION = 1
 READABLE_SPEC_VERSIONS = (1,)
 DEFAULT_ROWS_PER_SHARD = 64
 
 
-class CacheError(ValueError):
+class CacheError(DuetmcError, ValueError):
     """The cache does not hold what was asked for; the message says what differs and what to do."""
 
 

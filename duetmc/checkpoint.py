@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from duetmc.errors import PathError
 
 
 def _atomic(path: Path, write) -> None:
@@ -46,7 +47,7 @@ def load_checkpoint(prefix: str | Path, model: torch.nn.Module,
     prefix = Path(prefix)
     meta_path = prefix.with_suffix(".json")
     if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: no complete checkpoint here")
+        raise PathError(f"{meta_path}: no complete checkpoint here")
     meta = json.loads(meta_path.read_text())
     missing, unexpected = model.load_state_dict(load_file(str(prefix.with_suffix(".safetensors")), device=map_location),
                                                 strict=False)

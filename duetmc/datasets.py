@@ -33,6 +33,7 @@ from pathlib import Path
 
 from duetmc.augment.vocab import Vocabulary, default_vocabulary, warn_unknown
 from duetmc.manifest import SPLITS, Item, ManifestError, parse_row, write_manifest
+from duetmc.errors import DuetmcError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 LP_CAPTION_KINDS = ("caption_writing", "caption_summary", "caption_paraphrase", "caption_attribute_prediction")
@@ -40,7 +41,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _MTG_PREFIX = re.compile(r"^(genre|instrument|mood/theme|mood)---", re.IGNORECASE)
 
 
-class DatasetError(ValueError):
+class DatasetError(DuetmcError, ValueError):
     """The source file cannot be read as the named dataset; the message says what was expected."""
 
 

@@ -20,6 +20,7 @@ from duetmc import metrics
 from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource, trim_padding
 from duetmc.heads.model import DuetHeads
 from duetmc.loss import contrastive_loss
+from duetmc.errors import UsageError
 
 
 BATCH_BYTES = 64 << 20  # float32 input per evaluation batch: bounds peak memory on any cache
@@ -146,7 +147,7 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
             else StreamingSource([index], cfg.device)
     items = index.items(cfg.split) if cfg.split != "all" else np.flatnonzero(index.usable)
     if len(items) == 0:
-        raise ValueError(f"{index.spec.cache}: no featurized clips in split {cfg.split!r}")
+        raise UsageError(f"{index.spec.cache}: no featurized clips in split {cfg.split!r}")
     item_emb = embed_items(model, source, d, index, items)
     result: dict = {"cache": index.spec.cache, "split": cfg.split, "n_items": int(len(items)), "text_to_music": {}}
     for lang, (rows, targets) in queries(index, items).items():
@@ -198,12 +199,12 @@ def evaluate_embeddings(path: str | Path, cfg: EvalConfig) -> dict:
         data = {k: np.asarray(g[k][:]) for k in g.array_keys()}
     missing = {"audio", "audio_ids", "query", "query_item"} - set(data)
     if missing:
-        raise ValueError(f"{path}: missing arrays {sorted(missing)}; see `duetmc eval --help` for the format")
+        raise UsageError(f"{path}: missing arrays {sorted(missing)}; see `duetmc eval --help` for the format")
     ids = [str(x) for x in data["audio_ids"]]
     pos = {k: i for i, k in enumerate(ids)}
     unknown = [str(q) for q in data["query_item"] if str(q) not in pos]
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} queries name clips not in audio_ids (first: {unknown[0]!r})")
+        raise UsageError(f"{path}: {len(unknown)} queries name clips not in audio_ids (first: {unknown[0]!r})")
     targets = np.array([pos[str(q)] for q in data["query_item"]])
     langs = np.array([str(x) for x in data.get("query_lang", np.full(len(targets), "en"))])
     result = {"baseline": str(path), "n_items": len(ids), "text_to_music": {}}

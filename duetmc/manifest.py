@@ -9,12 +9,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+from duetmc.errors import DuetmcError
 
 SPLITS = ("train", "val", "test")
 _FIELDS = {"id", "audio", "start", "end", "tags", "captions", "captions_i18n", "split"}
 
 
-class ManifestError(ValueError):
+class ManifestError(DuetmcError, ValueError):
     """A manifest row is malformed. The message names file, line and field."""
 
 

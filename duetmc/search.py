@@ -16,6 +16,7 @@ from duetmc.cache_spec import read_strings
 from duetmc.dataset import DataSpec, MemorySource, PairIndex
 from duetmc.evaluate import embed_items
 from duetmc.train import load_run
+from duetmc.errors import UsageError
 
 
 def _index(run, cache: str | None):
@@ -46,7 +47,7 @@ def encode_query(model, index: PairIndex, query: str) -> np.ndarray:
     encoder = load_text_encoder(enc["name"], None if enc["family"] in ("minilm", "tiny-clip") else enc["source"],
                                 enc.get("revision"))
     if encoder.info["weights_sha256"] != enc["weights_sha256"]:
-        raise RuntimeError(f"the text encoder loaded now ({encoder.info['source']}) differs from the one that "
+        raise UsageError(f"the text encoder loaded now ({encoder.info['source']}) differs from the one that "
                            f"built the cache (weights sha256 {enc['weights_sha256'][:12]}…); queries would not match")
     feats, lens = encoder([query], attrs["layers"], int(attrs["max_tokens"]))
     pad = int(attrs["max_tokens"]) - feats.shape[2]

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from duetmc.errors import DuetmcError
 
 TEMPLATES_ENV = "DUETMC_SLURM_TEMPLATES"
 MODALITIES = ("audio", "text")
@@ -30,7 +31,7 @@ _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _DIRECTIVE = re.compile(r"^#{1,2}SBATCH\s+--([\w-]+)")
 
 
-class SlurmError(RuntimeError):
+class SlurmError(DuetmcError, RuntimeError):
     """SLURM is unreachable, refused a job, or a submission would be unsafe. The message says what to do."""
 
 

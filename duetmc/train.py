@@ -27,6 +27,7 @@ from duetmc.dataset import (BatchSpec, DataSpec, MemorySource, PairIndex, Sample
                             check_compatible, epoch_batches, trim_padding)
 from duetmc.heads.model import DuetHeads, HeadsConfig
 from duetmc.loss import contrastive_loss, swap_replacement_mask
+from duetmc.errors import PathError, UsageError
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; slurm/train.sbatch requeues on it
 
@@ -212,7 +213,7 @@ def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
              "train_loss_sum": 0.0, "train_samples": 0, "train_seconds": 0.0, "wait_seconds": 0.0}
     if (out / "last.json").exists():
         if not resume:
-            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+            raise UsageError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         state.update(load_checkpoint(out / "last", model, optimizer, map_location=cfg.device)["train"])
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +377,7 @@ def load_run(run: str | Path, which: str = "best", device: str = "cpu") -> tuple
     run = Path(run)
     conf_path = run / "config.json"
     if not conf_path.exists():
-        raise FileNotFoundError(f"{run}: not a run directory (no config.json); train one with `duetmc train`")
+        raise PathError(f"{run}: not a run directory (no config.json); train one with `duetmc train`")
     conf = json.loads(conf_path.read_text())
     model = DuetHeads(HeadsConfig(**conf["heads"])).to(device)
     load_checkpoint(run / which, model, map_location=device)

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Protocol
 
 from duetmc.augment.vocab import OTHER, Vocabulary, default_vocabulary, normalise
+from duetmc.errors import DuetmcError
 
 CAPTIONERS = ("template", "llm", "hf")
 
 
-class CaptionerError(ValueError):
+class CaptionerError(DuetmcError, ValueError):
     """A captioner is misconfigured (missing endpoint, model path...); the message says what to pass."""
 
 

@@ -14,11 +14,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
+from duetmc.errors import DuetmcError
 
 KINDS = ("tags", "caption", "view", "swap", "label")
 
 
-class ViewsFileError(ValueError):
+class ViewsFileError(DuetmcError, ValueError):
     """A views-file record is malformed; the message names file and line."""
 
 

@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from duetmc.errors import DuetmcError
 
 OTHER = "other"
 _SEPARATORS = re.compile(r"[\s\-_]+")
 
 
-class VocabularyError(ValueError):
+class VocabularyError(DuetmcError, ValueError):
     """The vocabulary file is malformed; the message names the file and the entry."""
 
 

@@ -19,10 +19,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from duetmc import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+from duetmc.cli.common import DuetmcGroup  # noqa: E402
+
+
+@click.group(cls=DuetmcGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="duetmc")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="DUETMC_DEBUG",
+              help="Show the traceback of duetmc's own errors too (also $DUETMC_DEBUG=1).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """Music-text retrieval heads trained from cached, locked encoder features (DuET-MC)."""
+    ctx.obj = {"debug": debug}
 
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):

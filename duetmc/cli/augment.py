@@ -8,17 +8,7 @@ from pathlib import Path
 
 import click
 
-from duetmc.cli.common import emit_json, friendly_errors
-
-
-def _errors():
-    from duetmc.augment.captions import CaptionerError
-    from duetmc.augment.viewsfile import ViewsFileError
-    from duetmc.augment.vocab import VocabularyError
-    from duetmc.datasets import DatasetError
-    from duetmc.manifest import ManifestError
-
-    return ManifestError, VocabularyError, CaptionerError, DatasetError, ViewsFileError, OSError
+from duetmc.cli.common import emit_json
 
 
 def _echo_warnings(caught) -> None:
@@ -52,7 +42,6 @@ def _default_cache_dir() -> Path:
 def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_key, concurrency, timeout_s, cache_dir, vocab_path, as_json):
     """Write every text the trainer may see: tags, captions, View Dropout views and TextSwap negatives."""
 
-    @friendly_errors(*_errors())
     def run():
         from duetmc.augment import captions as cap
         from duetmc.augment.pipeline import run_augment
@@ -122,7 +111,6 @@ def datasets():
 def import_(kind, src, audio_root, out, split, keep_missing, clip_files, all_captions, jamendo_tsv, vocab_path, as_json):
     """Turn a public dataset file (MusicCaps CSV, Song Describer CSV, LP-MusicCaps-MTT, JSONL) into a manifest."""
 
-    @friendly_errors(*_errors())
     def run():
         from duetmc.augment.vocab import load_vocabulary
         from duetmc.datasets import ImportOptions, import_dataset

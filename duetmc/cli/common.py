@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import sys
 
 import click
+
+from duetmc.errors import DuetmcError, path_error
 
 COMMANDS: list = []
 
@@ -17,21 +18,20 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def friendly_errors(*error_types: type[BaseException]):
-    """Print the library's message (which names file, row and fix) instead of a traceback."""
+class DuetmcGroup(click.Group):
+    """Prints duetmc's own errors (bad input or environment) as one line and exits 2; every other
+    exception is a bug and keeps its traceback. `duetmc --debug` shows the traceback of both."""
 
-    def deco(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except error_types as exc:
-                click.echo(f"error: {exc}", err=True)
-                sys.exit(2)
-
-        return wrapper
-
-    return deco
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (DuetmcError, PermissionError) as exc:
+            if (ctx.obj or {}).get("debug") or os.environ.get("DUETMC_DEBUG") == "1":
+                raise
+            if isinstance(exc, PermissionError) and not isinstance(exc, DuetmcError):
+                exc = path_error(exc)
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+            sys.exit(2)
 
 
 @contextlib.contextmanager

@@ -6,9 +6,8 @@ import sys
 
 import click
 
-from duetmc.cli.common import emit_json, friendly_errors
+from duetmc.cli.common import emit_json
 
-ERRORS: tuple = (ValueError, RuntimeError, FileNotFoundError)
 
 
 @click.group()
@@ -54,7 +53,6 @@ def _finish(summary, as_json: bool, allow_failures: bool, unit: str) -> None:
 @click.option("--rows-per-shard", default=64, show_default=True)
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some items failed.")
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def audio_cmd(manifest, cache, encoder, encoder_path, revision, window_s, hop_s, tokens, layers, batch_size,
               workers, shard, device, dtype, rows_per_shard, allow_failures, as_json):
     """Featurize the manifest's audio. Resumable: a rerun skips finished items."""
@@ -80,7 +78,6 @@ def audio_cmd(manifest, cache, encoder, encoder_path, revision, window_s, hop_s,
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bf16", "fp16"]), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def text_cmd(input, cache, encoder, encoder_path, revision, layers, max_tokens, languages, batch_size, shard,
              device, dtype, as_json):
     """Featurize every text of a views file (duetmc augment) or a manifest."""
@@ -100,7 +97,6 @@ def cache() -> None:
 @cache.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def info_cmd(path, as_json):
     """Groups, encoders, item counts (done/failed), shapes, bytes on disk and provenance."""
     from duetmc.cache_spec import cache_info
@@ -127,7 +123,6 @@ def info_cmd(path, as_json):
 @click.argument("path")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads).")
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def validate_cmd(path, scheduler, as_json):
     """Check the whole cache out of core, shard by shard. Exits 1 on any problem."""
     from duetmc.cache_spec import validate_cache

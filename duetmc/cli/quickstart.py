@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from duetmc.cli.common import emit_json, friendly_errors, stdout_to_stderr
+from duetmc.cli.common import emit_json, stdout_to_stderr
 
 
 @click.command("quickstart")
@@ -15,7 +15,6 @@ from duetmc.cli.common import emit_json, friendly_errors, stdout_to_stderr
 @click.option("--epochs", default=None, type=int, help="Epochs per run [20].")
 @click.option("--workers", default=2, show_default=True, help="Synthesis processes and decode threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON at the end.")
-@friendly_errors(ValueError, RuntimeError, FileNotFoundError)
 def quickstart(out, items, seed, seeds, epochs, workers, as_json):
     """Synthesize music, augment, featurize (musicnn + MiniLM), train and ablate, all offline."""
     from duetmc.quickstart import QuickstartConfig, run_quickstart

@@ -6,9 +6,8 @@ import os
 
 import click
 
-from duetmc.cli.common import emit_json, friendly_errors
+from duetmc.cli.common import emit_json
 
-ERRORS: tuple = (ValueError, RuntimeError, FileNotFoundError)
 # Options that only steer this command; a resubmission line leaves them out.
 _LOCAL_FLAGS = {"dry_run", "force", "only_incomplete", "as_json"}
 
@@ -143,14 +142,12 @@ def _submit_featurize(modality: str, source_value: str, kw: dict) -> None:
 
 
 @_featurize_command("audio", "manifest")
-@friendly_errors(*ERRORS)
 def featurize_audio_cmd(manifest, **kw):
     """Plan the cache once, then submit an array running `duetmc featurize audio --shard I/N`."""
     _submit_featurize("audio", manifest, kw)
 
 
 @_featurize_command("text", "input")
-@friendly_errors(*ERRORS)
 def featurize_text_cmd(input, **kw):
     """Plan the cache once, then submit an array running `duetmc featurize text --shard I/N`."""
     _submit_featurize("text", input, kw)
@@ -159,7 +156,6 @@ def featurize_text_cmd(input, **kw):
 @slurm.command("status")
 @click.argument("cache")
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def status_cmd(cache, as_json):
     """Progress per shard and per array task from the cache's done-mask (not sacct)."""
     import shlex
@@ -190,7 +186,6 @@ def _run_command(kind: str):
     @slurm.command(kind, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
     @_resource_options("--gpus", "GPUs on the node; more than 1 runs torchrun with one process per GPU.")
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    @friendly_errors(*ERRORS)
     def command(args, partition, account, time, mem, cpus_per_task, gpus, dry_run, force):
         from duetmc.slurm import Resources, submit_run
         from duetmc.train import REQUEUE_EXIT_CODE

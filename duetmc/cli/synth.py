@@ -31,11 +31,9 @@ def synth(out, n_items, seed, seconds, workers, soundfont, heldout, as_json):
 
     Tags are true by construction: genre, instrument, mood, tempo (with the BPM) and key.
     """
-    from duetmc.cli.common import friendly_errors
     from duetmc.synth import SoundfontError, SynthConfig, SynthError, synth_corpus
     from duetmc.synth.render import FLUIDR3_GM, TIMGM6MB
 
-    @friendly_errors(SynthError, SoundfontError)
     def run():
         config = SynthConfig(
             out=out, n_items=n_items, seed=seed, seconds=seconds, workers=workers or os.cpu_count() or 1,

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import click
 
-from duetmc.cli.common import emit_json, friendly_errors
+from duetmc.cli.common import emit_json
 
-ERRORS: tuple = (ValueError, RuntimeError, FileNotFoundError, FileExistsError)
 
 
 def _specs(caches, weights, audio_key, text_key):
@@ -74,7 +73,6 @@ def _overrides(kw: dict) -> dict:
 @click.option("--out", required=True, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def train_cmd(caches, weights, audio_key, text_key, config_file, out, resume, as_json, **kw):
     """Train DuET-MC heads from cached features (no encoder runs).
 
@@ -144,7 +142,6 @@ def _print_results(results):
                    "scored under the same protocol.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, device, as_json):
     """Text→music retrieval (R@1/5/10, median and mean rank), music→text and tag retrieval."""
     from duetmc.evaluate import evaluate_embeddings, evaluate_run
@@ -167,7 +164,6 @@ def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselin
 @click.option("--no-sweep", is_flag=True, help="Skip the p_cap sweep (Fig. 3).")
 @click.option("--subsets", default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def ablate_cmd(caches, weights, audio_key, text_key, config_file, eval_caches, out, seeds, no_sweep, subsets,
                as_json, **kw):
     """Table 4 (tags only; + tag-to-caption; + View Dropout; + TextSwap) and the p_cap sweep, over seeds."""
@@ -198,7 +194,6 @@ def ablate_cmd(caches, weights, audio_key, text_key, config_file, eval_caches, o
 @click.option("-k", "top_k", default=10, show_default=True)
 @click.option("--split", default="all", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors(*ERRORS)
 def search_cmd(run, query, cache, top_k, split, as_json):
     """Rank the cache's clips for a free-text query (loads the run's text encoder)."""
     from duetmc.search import search
@@ -217,7 +212,6 @@ def search_cmd(run, query, cache, top_k, split, as_json):
 @click.option("--cache", default=None, help="[default: the training cache]")
 @click.option("--out", required=True, help="Output .npz with `ids` and `audio` (256-d, L2-normalised).")
 @click.option("--split", default="all", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
-@friendly_errors(*ERRORS)
 def embed_cmd(run, cache, out, split):
     """Export the clips' 256-d audio embeddings with their ids."""
     from duetmc.search import export_embeddings

@@ -27,9 +27,10 @@ from duetmc.cache_spec import AudioSettings, CacheError
 from duetmc.featurize.hf import EncoderLoadError, duetmc_home, strict_from_pretrained
 from duetmc.featurize.rows import RunSummary, fixed_batches, run_rows
 from duetmc.manifest import Item, load_manifest
+from duetmc.errors import DuetmcError
 
 
-class AudioError(ValueError):
+class AudioError(DuetmcError, ValueError):
     """One item's audio cannot be used; the message says why."""
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from duetmc.errors import DuetmcError
 
 
-class EncoderLoadError(RuntimeError):
+class EncoderLoadError(DuetmcError, RuntimeError):
     """The encoder's weights do not match its architecture, or cannot be found offline."""
 
 

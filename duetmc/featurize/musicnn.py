@@ -47,6 +47,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from duetmc.featurize.tfcheckpoint import read_checkpoint
+from duetmc.errors import DuetmcError
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -113,7 +114,7 @@ _TF_LAYERS = [
 _TF_BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization default
 
 
-class MusicnnError(RuntimeError):
+class MusicnnError(DuetmcError, RuntimeError):
     """The musicnn checkpoint cannot be found or does not match the architecture."""
 
 
@@ -268,7 +269,7 @@ class MusicnnEncoder(nn.Module):
 def checkpoint_dir(name: str) -> Path:
     """Directory of the TF1 checkpoint for encoder ``name`` inside the installed musicnn wheel."""
     if name not in MODELS:
-        raise ValueError(f"unknown musicnn encoder {name!r}; choose one of {sorted(MODELS)}")
+        raise MusicnnError(f"unknown musicnn encoder {name!r}; choose one of {sorted(MODELS)}")
     spec = importlib.util.find_spec("musicnn")  # locate without importing (its code needs TensorFlow)
     if spec is None or not spec.submodule_search_locations:
         raise MusicnnError(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import google_crc32c
 import numpy as np
+from duetmc.errors import DuetmcError
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48  # two padded BlockHandles (40 bytes) + 8-byte magic
@@ -43,7 +44,7 @@ _DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DuetmcError, ValueError):
     """A checkpoint file is missing, corrupt or uses a feature this reader does not support."""
 
 

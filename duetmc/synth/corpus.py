@@ -26,6 +26,7 @@ import numpy as np
 from duetmc.manifest import SPLITS, Item, write_manifest
 from duetmc.synth.compose import compose, draw_spec, song_tags
 from duetmc.synth.render import FLUIDR3_GM, TIMGM6MB, Renderer, check_soundfont
+from duetmc.errors import DuetmcError
 
 # bump when a change to composing or rendering makes old files stale; reruns then refuse the old dir
 GENERATOR_VERSION = 1
@@ -36,7 +37,7 @@ MANIFEST_NAME = "manifest.jsonl"
 HELDOUT_MANIFEST_NAME = "manifest_heldout_sf.jsonl"
 
 
-class SynthError(ValueError):
+class SynthError(DuetmcError, ValueError):
     """A bad synth config, or an output folder made with a different one."""
 
 

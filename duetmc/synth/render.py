@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pretty_midi
+from duetmc.errors import DuetmcError
 
 FLUIDR3_GM = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 TIMGM6MB = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
@@ -27,7 +28,7 @@ _PEAK = 10 ** (-1 / 20)  # normalise each clip to -1 dBFS
 _FADE_S = 0.01  # short fade-out so a cut note does not click
 
 
-class SoundfontError(RuntimeError):
+class SoundfontError(DuetmcError, RuntimeError):
     """A soundfont is missing or unusable; the message says what to install."""
 
 
