@@ -6,6 +6,7 @@ Every row is validated on load; an error names the file, the line, the field and
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +34,9 @@ class Item:
     def to_json(self, relative_to: Path | None = None) -> dict:
         audio = self.audio
         if relative_to is not None:
+            # An in-memory path is relative to the working directory; the file stores it relative to
+            # its own folder (or absolute when outside it), which is how load_manifest reads it.
+            audio = Path(os.path.abspath(audio))
             try:
                 audio = audio.relative_to(relative_to)
             except ValueError:

@@ -17,6 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from duetmc.errors import DuetmcError
+
+class QuickstartError(DuetmcError):
+    """A quickstart step produced nothing to continue with."""
+
+
 # The paper's schedule is 100 epochs with a 5-epoch warm-up and a 5 + 20-epoch TextSwap ramp; the
 # quickstart keeps its shape at a fifth of the length so it fits in minutes on two CPU cores.
 QUICKSTART_TRAIN = dict(epochs=20, batch_size=64, warmup_epochs=2, swap_warmup_epochs=2, swap_ramp_epochs=8,
@@ -72,6 +78,7 @@ def _featurize(manifest: Path, views: Path, cache: str, cfg: QuickstartConfig, s
         s = featurize_audio(AudioFeaturizeConfig(str(manifest), cache, cfg.audio_encoder, batch_size=1,
                                                  workers=cfg.workers, progress=progress))
         say(f"   audio: {s.done} clips featurized, {s.failed} failed, {s.skipped} reused")
+        _stop_if_nothing(s, manifest, "audio")
         computed["audio"] = s.done
     else:
         say("   audio: reused the cache")
@@ -83,6 +90,13 @@ def _featurize(manifest: Path, views: Path, cache: str, cfg: QuickstartConfig, s
     else:
         say("   text: reused the cache")
     return computed
+
+
+def _stop_if_nothing(summary, source: Path, what: str) -> None:
+    """A step that failed for every item stops the pipeline now, with the first reason."""
+    if summary.done + summary.skipped == 0 and summary.failed:
+        item, reason = summary.failures[0]
+        raise QuickstartError(f"{source}: every {what} item failed ({summary.failed}); first: {item}: {reason}")
 
 
 def _augment(manifest: Path, views: Path, cfg: QuickstartConfig, say) -> int:
@@ -129,7 +143,7 @@ def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> d
     from duetmc.synth import SynthConfig, synth_corpus
     from duetmc.train import TrainConfig
 
-    out = Path(cfg.out)
+    out = Path(cfg.out).resolve()  # runs record absolute cache paths, so they work from any directory
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "quickstart.json").read_text()) if (out / "quickstart.json").exists() else None
     timings: dict[str, float] = {}

@@ -1,4 +1,4 @@
-"""SLURM submission: render the sbatch templates in `slurm/`, submit them, and track what was submitted.
+"""SLURM submission: render the sbatch templates in `duetmc/resources/slurm/`, submit them, and track what was submitted.
 
 Everything distributed here is SLURM's own machinery: a featurize run is one job array whose task I of
 N runs `duetmc featurize ... --shard I/N` over whole cache shards (Zarr v3 has no cross-process
@@ -65,13 +65,13 @@ class Resources:
 
 
 def template_path(name: str) -> Path:
-    """`slurm/<name>.sbatch` from the source tree, or from $DUETMC_SLURM_TEMPLATES (edited copies)."""
-    folder = Path(os.environ.get(TEMPLATES_ENV) or Path(__file__).resolve().parent.parent / "slurm")
+    """`duetmc/resources/slurm/<name>.sbatch` from the package, or from $DUETMC_SLURM_TEMPLATES (edited copies)."""
+    folder = Path(os.environ.get(TEMPLATES_ENV) or Path(__file__).resolve().parent / "resources" / "slurm")
     path = folder / f"{name}.sbatch"
     if not path.is_file():
         raise SlurmError(
             f"sbatch template {path} not found. Set {TEMPLATES_ENV} to a folder holding {name}.sbatch "
-            "(copy the templates from the slurm/ folder of the duetmc source tree)."
+            "(copy the templates from duetmc/resources/slurm/ in the installed package)."
         )
     return path
 
@@ -446,7 +446,7 @@ def submit_run(
     dry_run: bool = False,
     force: bool = False,
 ) -> RunJob:
-    """Submit `duetmc {train,ablate} ARGS` through slurm/{kind}.sbatch; logs go to `<--out>/logs`."""
+    """Submit `duetmc {train,ablate} ARGS` through duetmc/resources/slurm/{kind}.sbatch; logs go to `<--out>/logs`."""
     if kind not in ("train", "ablate"):
         raise SlurmError(f"kind must be train or ablate, got {kind!r}")
     out = option_value(list(args), "--out")

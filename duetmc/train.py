@@ -29,7 +29,7 @@ from duetmc.heads.model import DuetHeads, HeadsConfig
 from duetmc.loss import contrastive_loss, swap_replacement_mask
 from duetmc.errors import PathError, UsageError
 
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; slurm/train.sbatch requeues on it
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; duetmc/resources/slurm/train.sbatch requeues on it
 
 
 @dataclass

@@ -131,7 +131,7 @@ def test_load_fails_loudly_on_checkpoint_mismatch(monkeypatch, edit, message):
 
 
 def test_unknown_encoder_name():
-    with pytest.raises(ValueError, match="unknown musicnn encoder 'musicnn-foo'"):
+    with pytest.raises(mn.MusicnnError, match="unknown musicnn encoder 'musicnn-foo'"):
         mn.load_musicnn("musicnn-foo")
 
 

@@ -20,9 +20,11 @@ def duetmc(*args, cwd=None):
 
 @pytest.mark.slow
 def test_quickstart_end_to_end_and_cached_rerun(tmp_path):
+    # A relative --out from the working directory, as a user types it (the README's command has the
+    # relative default); the eval below runs from another directory.
     out = tmp_path / "qs"
-    args = ("quickstart", "--out", out, "--items", 40, "--seeds", 1, "--epochs", 6, "--json")
-    first = json.loads(duetmc(*args))
+    args = ("quickstart", "--out", "qs", "--items", 40, "--seeds", 1, "--epochs", 6, "--json")
+    first = json.loads(duetmc(*args, cwd=tmp_path))
     for path in ("corpus/manifest.jsonl", "corpus/manifest_heldout_sf.jsonl", "views.jsonl", "cache.zarr",
                  "cache_heldout_sf.zarr", "ablation/table.md", "ablation/results.json", "quickstart.json"):
         assert (out / path).exists(), path
@@ -41,10 +43,12 @@ def test_quickstart_end_to_end_and_cached_rerun(tmp_path):
     # The CI-sized test split has 4 clips, where every R@10 is 100 %; score the trained model on all
     # 40 clips (chance R@10 = 25 %) to check that it learnt something from real pretrained features.
     run = out / "ablation" / "textswap" / "seed0"
-    res = json.loads(duetmc("eval", run, "--split", "all", "--json"))[0]["text_to_music"]["en"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = json.loads(duetmc("eval", run, "--split", "all", "--json", cwd=elsewhere))[0]["text_to_music"]["en"]
     assert res["R@10"] > 25.0 and res["MedR"] < 20.5, res
 
-    second = json.loads(duetmc(*args))
+    second = json.loads(duetmc(*args, cwd=tmp_path))
     assert second["work"] == {"clips_rendered": 0, "texts_written": 0, "windows_featurized": 0,
                               "texts_featurized": 0, "runs_trained": 0}
     assert second["first_run_seconds"] == first["seconds"]

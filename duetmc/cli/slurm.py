@@ -1,4 +1,4 @@
-"""`duetmc slurm featurize|status|train|ablate`: submit the sbatch templates in slurm/ and follow them."""
+"""`duetmc slurm featurize|status|train|ablate`: submit the sbatch templates in duetmc/resources/slurm/ and follow them."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _command_line(ctx: click.Context) -> list[str]:
 
 @click.group()
 def slurm() -> None:
-    """Run featurize arrays and training jobs on a SLURM cluster (templates in the repo's slurm/)."""
+    """Run featurize arrays and training jobs on a SLURM cluster (templates in duetmc/resources/slurm/)."""
 
 
 @slurm.group("featurize")
@@ -199,7 +199,7 @@ def _run_command(kind: str):
             click.echo(f"submitted {kind} job {job.job_id}; script {job.script_path}; log {job.out}/logs/", err=True)
             click.echo(job.job_id)
 
-    command.help = (f"Submit `duetmc {kind} ARGS...` through slurm/{kind}.sbatch, with --requeue and USR1 "
+    command.help = (f"Submit `duetmc {kind} ARGS...` through duetmc/resources/slurm/{kind}.sbatch, with --requeue and USR1 "
                     f"120 s before the end so the run checkpoints and resumes. SLURM options come first, then "
                     f"`--`, then the {kind} arguments (which must include --out).")
     return command

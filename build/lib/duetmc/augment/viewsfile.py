@@ -1,0 +1,91 @@
+"""The views file: every text the trainer may see, one JSON record per line.
+
+Written by `duetmc augment`, read by `duetmc featurize text`. Kinds:
+  tags     the tags-only text of an item ("rock, happy, electric guitar")
+  caption  a human caption from the manifest, or the tag-to-caption caption of all tags (view=None)
+  view     an Augmented View Dropout caption (view = 0..K-1)
+  swap     a TextSwap hard negative of a tags/caption/view text (parent = that text)
+  label    one tag on its own (item = ""), the query of zero-shot tag retrieval
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+from duetmc.errors import DuetmcError
+
+KINDS = ("tags", "caption", "view", "swap", "label")
+
+
+class ViewsFileError(DuetmcError, ValueError):
+    """A views-file record is malformed; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    item: str
+    kind: str
+    text: str
+    lang: str = "en"
+    view: int | None = None
+    # swaps: the text this one was made from, the category swapped and the words from -> to
+    parent: str | None = None
+    category: str | None = None
+    swapped_from: list[str] = field(default_factory=list)
+    swapped_to: list[str] = field(default_factory=list)
+    # who wrote it: human, template, llm, hf, fallback (an llm failure replaced by the template), swap
+    source: str = "human"
+    # the tags this text was built from (views), or why a swap was skipped
+    tags: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, [])}
+
+
+def write_views(records: Iterable[TextRecord], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
+    return path
+
+
+def read_views(path: str | Path) -> list[TextRecord]:
+    path = Path(path)
+    out: list[TextRecord] = []
+    allowed = set(TextRecord.__dataclass_fields__)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ViewsFileError(f"{where}: not valid JSON ({exc.msg}); regenerate with `duetmc augment`") from None
+            if not isinstance(row, dict) or not {"item", "kind", "text"} <= set(row):
+                raise ViewsFileError(f"{where}: each record needs 'item', 'kind' and 'text'")
+            if row["kind"] not in KINDS:
+                raise ViewsFileError(f"{where}: field 'kind' must be one of {list(KINDS)}, got {row['kind']!r}")
+            extra = set(row) - allowed
+            if extra:
+                raise ViewsFileError(f"{where}: unknown field(s) {sorted(extra)}")
+            out.append(TextRecord(**row))
+    return out
+
+
+def is_views_file(path: str | Path) -> bool:
+    """True when the first record looks like a views record rather than a manifest row."""
+    with Path(path).open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return False  # not a views file; the manifest loader names the bad line
+                return isinstance(row, dict) and "kind" in row and "audio" not in row
+    return False

@@ -1,0 +1,49 @@
+"""Shared CLI helpers: JSON output and turning library errors into readable exits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+
+import click
+
+from duetmc.errors import DuetmcError, path_error
+
+COMMANDS: list = []
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+class DuetmcGroup(click.Group):
+    """Prints duetmc's own errors (bad input or environment) as one line and exits 2; every other
+    exception is a bug and keeps its traceback. `duetmc --debug` shows the traceback of both."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (DuetmcError, PermissionError) as exc:
+            if (ctx.obj or {}).get("debug") or os.environ.get("DUETMC_DEBUG") == "1":
+                raise
+            if isinstance(exc, PermissionError) and not isinstance(exc, DuetmcError):
+                exc = path_error(exc)
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+            sys.exit(2)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout (this process and its children) to stderr, so that a
+    `--json` command prints nothing but its JSON (pyfluidsynth, for one, prints when $CI is set)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -1,0 +1,139 @@
+"""`duetmc featurize audio|text` and `duetmc cache info|validate`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from duetmc.cli.common import emit_json
+
+
+
+@click.group()
+def featurize() -> None:
+    """Run a locked encoder once and write its features into a Zarr cache."""
+
+
+def _layers(value: str | None):
+    if value in (None, "all"):
+        return None
+    return tuple(int(v) for v in value.split(","))
+
+
+def _finish(summary, as_json: bool, allow_failures: bool, unit: str) -> None:
+    if as_json:
+        emit_json(summary.to_json())
+    else:
+        click.echo(f"{unit}: done {summary.done}, failed {summary.failed}, skipped (already done) "
+                   f"{summary.skipped} in {summary.seconds:.1f} s")
+        for label, reason in summary.failures:
+            click.echo(f"  FAILED {label}: {reason}")
+    if summary.failed and not allow_failures:
+        click.echo(f"{summary.failed} {unit} failed; rerun after fixing them, or pass --allow-failures", err=True)
+        sys.exit(1)
+
+
+@featurize.command("audio")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--cache", required=True, help="Cache path or fsspec URL (created if missing).")
+@click.option("--encoder", required=True, help="mert-v1-95m, mert-v1-330m, musicnn-mtt, musicnn-msd, tiny-audio.")
+@click.option("--encoder-path", default=None, help="Local directory or HF id to load the encoder's weights from.")
+@click.option("--revision", default=None, help="HF revision (commit) of the weights.")
+@click.option("--window", "window_s", default=10.0, show_default=True, help="Window length in seconds.")
+@click.option("--hop", "hop_s", default=None, type=float, help="Hop between windows in seconds [default: window].")
+@click.option("--tokens", default=4, show_default=True, help="Tokens per window after time pooling.")
+@click.option("--layers", default="all", show_default=True, help="Hidden states to store: 'all' or e.g. 0,6,12.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="Decode threads.")
+@click.option("--shard", default=None, help="I/N: process the I-th of N whole-shard ranges (0-based).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bf16", "fp16"]), default="float32", show_default=True,
+              help="Compute dtype (bf16/fp16 on GPU). Features are stored as float16.")
+@click.option("--rows-per-shard", default=64, show_default=True)
+@click.option("--allow-failures", is_flag=True, help="Exit 0 even when some items failed.")
+@click.option("--json", "as_json", is_flag=True)
+def audio_cmd(manifest, cache, encoder, encoder_path, revision, window_s, hop_s, tokens, layers, batch_size,
+              workers, shard, device, dtype, rows_per_shard, allow_failures, as_json):
+    """Featurize the manifest's audio. Resumable: a rerun skips finished items."""
+    from duetmc.featurize.audio import AudioFeaturizeConfig, featurize_audio
+
+    config = AudioFeaturizeConfig(manifest, cache, encoder, encoder_path, revision, window_s, hop_s, tokens,
+                                  _layers(layers), batch_size, workers, shard, device, dtype, rows_per_shard,
+                                  progress=not as_json)
+    _finish(featurize_audio(config), as_json, allow_failures, "windows")
+
+
+@featurize.command("text")
+@click.argument("input", type=click.Path(exists=True, dir_okay=False))
+@click.option("--cache", required=True)
+@click.option("--encoder", required=True, help="clip-text, mt5-base, mt5-xxl, flan-t5-xxl, roberta-base, minilm, tiny-text.")
+@click.option("--encoder-path", default=None)
+@click.option("--revision", default=None)
+@click.option("--layers", default="-1", show_default=True, help="'-1' (final output), 'all', or e.g. 0,6,-1.")
+@click.option("--max-tokens", default=None, type=int, help="Truncate texts to this many tokens.")
+@click.option("--languages", default=None, help="Comma-separated languages to keep, e.g. en,de [default: all].")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--shard", default=None, help="I/N: process the I-th of N whole-shard ranges.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bf16", "fp16"]), default="float32", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def text_cmd(input, cache, encoder, encoder_path, revision, layers, max_tokens, languages, batch_size, shard,
+             device, dtype, as_json):
+    """Featurize every text of a views file (duetmc augment) or a manifest."""
+    from duetmc.featurize.text import TextFeaturizeConfig, featurize_text
+
+    config = TextFeaturizeConfig(input, cache, encoder, encoder_path, revision, _layers(layers), max_tokens,
+                                 tuple(languages.split(",")) if languages else None, batch_size, 1, shard,
+                                 device, dtype, progress=not as_json)
+    _finish(featurize_text(config), as_json, allow_failures=False, unit="texts")
+
+
+@click.group()
+def cache() -> None:
+    """Inspect and check a feature cache."""
+
+
+@cache.command("info")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True)
+def info_cmd(path, as_json):
+    """Groups, encoders, item counts (done/failed), shapes, bytes on disk and provenance."""
+    from duetmc.cache_spec import cache_info
+
+    info = cache_info(path)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"{info['cache']} (spec v{info['spec_version']})")
+    for g in info["groups"]:
+        p = g["provenance"]
+        enc = p.get("encoder", {})
+        click.echo(f"  {g['modality']}/{g['key']}")
+        click.echo(f"    encoder   {enc.get('name')} from {enc.get('source')} (weights sha256 {str(enc.get('weights_sha256'))[:16]}…)")
+        click.echo(f"    items     {g['items_done']} done, {g['items_failed']} failed of {g['items']}; "
+                   f"rows {g['rows_done']}/{g['rows']}; shards {g['shards']} ({len(g['incomplete_shards'])} incomplete)")
+        click.echo(f"    features  {g['shape']} float16, {g['bytes_on_disk'] / 1e6:.1f} MB on disk")
+        click.echo(f"    created   {p.get('created')} with {p.get('versions')}")
+        for item_id, reason in g["failures"]:
+            click.echo(f"    failed    {item_id}: {reason}")
+
+
+@cache.command("validate")
+@click.argument("path")
+@click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads).")
+@click.option("--json", "as_json", is_flag=True)
+def validate_cmd(path, scheduler, as_json):
+    """Check the whole cache out of core, shard by shard. Exits 1 on any problem."""
+    from duetmc.cache_spec import validate_cache
+
+    problems = validate_cache(path, scheduler)
+    if as_json:
+        emit_json({"cache": path, "valid": not problems, "problems": problems})
+    else:
+        click.echo("valid" if not problems else "\n".join(f"problem: {p}" for p in problems))
+    if problems:
+        sys.exit(1)
+
+
+COMMANDS = [featurize, cache]

@@ -1,0 +1,218 @@
+"""`duetmc quickstart`: the whole recipe, offline, with genuinely pretrained encoders.
+
+synth (FluidR3 GM; a held-out test split in TimGM6mb) -> augment (template captions, views, swaps)
+-> featurize (musicnn audio, MiniLM text) -> train -> Table-4 ablation on both test splits -> search.
+Every step reuses what an earlier run left, so a rerun costs a fraction of the first run.
+The schedule is shortened for a laptop (see QUICKSTART_TRAIN); the paper's defaults stay the library's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from duetmc.errors import DuetmcError
+
+class QuickstartError(DuetmcError):
+    """A quickstart step produced nothing to continue with."""
+
+
+# The paper's schedule is 100 epochs with a 5-epoch warm-up and a 5 + 20-epoch TextSwap ramp; the
+# quickstart keeps its shape at a fifth of the length so it fits in minutes on two CPU cores.
+QUICKSTART_TRAIN = dict(epochs=20, batch_size=64, warmup_epochs=2, swap_warmup_epochs=2, swap_ramp_epochs=8,
+                        patience=100)
+
+
+@dataclass
+class QuickstartConfig:
+    out: str = "quickstart"
+    items: int = 240
+    seed: int = 0
+    seeds: int = 2
+    workers: int = 2
+    audio_encoder: str = "musicnn-mtt"
+    text_encoder: str = "minilm"
+    views: int = 10
+    train: dict = field(default_factory=lambda: dict(QUICKSTART_TRAIN))
+
+
+def _step(name: str, timings: dict, say):
+    class _Timer:
+        def __enter__(self):
+            say(f"\n== {name}")
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.t, 2)
+            say(f"   {name}: {timings[name]:.1f} s")
+
+    return _Timer()
+
+
+def _complete(cache: str, modality: str) -> bool:
+    from duetmc import cache_spec
+
+    try:
+        root = cache_spec.open_root(cache)
+    except cache_spec.CacheError:
+        return False
+    groups = cache_spec.list_groups(root, modality)
+    return bool(groups) and all(
+        cache_spec.group_status(root[modality][k], modality, k).incomplete_shards == [] for k in groups)
+
+
+def _featurize(manifest: Path, views: Path, cache: str, cfg: QuickstartConfig, say, progress: bool) -> dict:
+    """Featurize what is missing; returns how many windows and texts were computed now."""
+    from duetmc.featurize.audio import AudioFeaturizeConfig, featurize_audio
+    from duetmc.featurize.text import TextFeaturizeConfig, featurize_text
+
+    computed = {"audio": 0, "text": 0}
+    if not _complete(cache, "audio"):
+        # batch 1: musicnn's large activations make batched CPU forwards slower (BENCHMARKS.md, #3)
+        s = featurize_audio(AudioFeaturizeConfig(str(manifest), cache, cfg.audio_encoder, batch_size=1,
+                                                 workers=cfg.workers, progress=progress))
+        say(f"   audio: {s.done} clips featurized, {s.failed} failed, {s.skipped} reused")
+        _stop_if_nothing(s, manifest, "audio")
+        computed["audio"] = s.done
+    else:
+        say("   audio: reused the cache")
+    if not _complete(cache, "text"):
+        s = featurize_text(TextFeaturizeConfig(str(views), cache, cfg.text_encoder, batch_size=128,
+                                               progress=progress))
+        say(f"   text: {s.done} texts featurized, {s.skipped} reused")
+        computed["text"] = s.done
+    else:
+        say("   text: reused the cache")
+    return computed
+
+
+def _stop_if_nothing(summary, source: Path, what: str) -> None:
+    """A step that failed for every item stops the pipeline now, with the first reason."""
+    if summary.done + summary.skipped == 0 and summary.failed:
+        item, reason = summary.failures[0]
+        raise QuickstartError(f"{source}: every {what} item failed ({summary.failed}); first: {item}: {reason}")
+
+
+def _augment(manifest: Path, views: Path, cfg: QuickstartConfig, say) -> int:
+    """Write the views file unless it exists; returns the number of records written now."""
+    from duetmc.augment.captions import TemplateCaptioner
+    from duetmc.augment.pipeline import run_augment
+    from duetmc.augment.viewsfile import write_views
+    from duetmc.manifest import load_manifest
+
+    if views.exists():
+        say(f"   reused {views}")
+        return 0
+    result = run_augment(load_manifest(manifest), TemplateCaptioner(), n_views=cfg.views, seed=cfg.seed)
+    write_views(result.records, views)
+    say(f"   {len(result.records)} texts: {result.report.records_by_kind}")
+    return len(result.records)
+
+
+def _verdicts(table: list[dict]) -> list[str]:
+    """Does each added idea help, beyond the spread over seeds?"""
+    by = {(r["config"], r["dataset"]): r for r in table}
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in table):
+        for before, after in (("+ tag-to-caption", "+ View Dropout"), ("+ View Dropout", "+ TextSwap"),
+                              ("untrained heads", "+ TextSwap")):
+            a, b = by.get((before, dataset)), by.get((after, dataset))
+            if not a or not b:
+                continue
+            parts = []
+            for key in ("R@1", "R@10"):  # R@10 saturates on small test splits; R@1 still moves
+                delta = b[key] - a[key]
+                noise = float(np.hypot(a[f"{key}_std"], b[f"{key}_std"]))
+                verdict = "helps" if delta > noise else "hurts" if delta < -noise else "within the seed spread"
+                parts.append(f"Δ{key} = {delta:+.1f} (spread ±{noise:.1f}): {verdict}")
+            out.append(f"{dataset}: {after} vs {before}: " + "; ".join(parts))
+    return out
+
+
+def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> dict:
+    from duetmc.ablate import AblateConfig, run_ablation
+    from duetmc.dataset import resolve_spec
+    from duetmc.evaluate import EvalConfig
+    from duetmc.search import search
+    from duetmc.synth import SynthConfig, synth_corpus
+    from duetmc.train import TrainConfig
+
+    out = Path(cfg.out).resolve()  # runs record absolute cache paths, so they work from any directory
+    out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "quickstart.json").read_text()) if (out / "quickstart.json").exists() else None
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    corpus = out / "corpus"
+    with _step("1/5 synth", timings, say):
+        rep = synth_corpus(SynthConfig(corpus, n_items=cfg.items, seed=cfg.seed, workers=cfg.workers), progress)
+        say(f"   {rep.n_items} clips ({rep.n_rendered} rendered, {rep.n_cached} reused), splits {rep.splits}")
+    manifest, heldout = Path(rep.manifest), Path(rep.heldout_manifest)
+    work = {"clips_rendered": rep.n_rendered}
+    with _step("2/5 augment", timings, say):
+        work["texts_written"] = (_augment(manifest, out / "views.jsonl", cfg, say)
+                                 + _augment(heldout, out / "views_heldout_sf.jsonl", cfg, say))
+    cache, cache_sf = str(out / "cache.zarr"), str(out / "cache_heldout_sf.zarr")
+    with _step("3/5 featurize", timings, say):
+        a = _featurize(manifest, out / "views.jsonl", cache, cfg, say, progress)
+        b = _featurize(heldout, out / "views_heldout_sf.jsonl", cache_sf, cfg, say, progress)
+        work["windows_featurized"], work["texts_featurized"] = a["audio"] + b["audio"], a["text"] + b["text"]
+    with _step("4/5 train + 5/5 ablate", timings, say):
+        base = TrainConfig(data=[resolve_spec(cache)], out=str(out / "ablation"), seed=cfg.seed, **cfg.train)
+        result = run_ablation(AblateConfig(base, [cache, cache_sf], ["test (FluidR3)", "test (TimGM6mb)"],
+                                           seeds=cfg.seeds, p_cap_sweep=False, eval=EvalConfig(split="test")),
+                              progress=progress)
+    table = result["table"]
+    full_run = out / "ablation" / "textswap" / "seed0"
+    test_tags = _common_test_tags(cache)
+    query = f"a {test_tags['mood']} {test_tags['genre']} song with {test_tags['instrument']}"
+    hits = search(full_run, query, cache, top_k=5, split="test")
+    total = time.perf_counter() - t0
+    work["runs_trained"] = result["runs_trained"]
+    summary = {"seconds": round(total, 1), "timings": timings, "work": work, "table": table,
+               "chance_R@10": result["chance_R@10"], "verdicts": _verdicts(table), "query": query, "hits": hits,
+               "plots": [str(out / "ablation" / "bars.png"), str(full_run / "loss.png"), str(full_run / "r10.png")],
+               "config": dataclasses.asdict(cfg)}
+    if previous is not None:
+        summary["first_run_seconds"] = previous.get("first_run_seconds", previous["seconds"])
+    else:
+        summary["first_run_seconds"] = summary["seconds"]
+    (out / "quickstart.json").write_text(json.dumps(summary, indent=2, default=str))
+    _report(summary, out, say)
+    return summary
+
+
+def _common_test_tags(cache: str) -> dict[str, str]:
+    from duetmc import cache_spec
+
+    root = cache_spec.open_root(cache)
+    group = root["audio"][cache_spec.list_groups(root, "audio")[0]]
+    split = cache_spec.read_strings(group["split"])
+    tags = [json.loads(t) for t, s in zip(cache_spec.read_strings(group["tags"]), split) if s == "test"]
+    best = Counter((t["genre"][0], t["mood"][0]) for t in tags if t.get("genre") and t.get("mood")).most_common(1)[0][0]
+    inst = Counter(i for t in tags if (t["genre"][0], t["mood"][0]) == best for i in t.get("instrument", []))
+    return {"genre": best[0], "mood": best[1], "instrument": inst.most_common(1)[0][0]}
+
+
+def _report(s: dict, out: Path, say) -> None:
+    say("\n== Results: text→music retrieval on the test split (FluidR3) and the held-out soundfont (TimGM6mb)")
+    say((out / "ablation" / "table.md").read_text())
+    for line in s["verdicts"]:
+        say(f"   {line}")
+    say(f"\nplots: {', '.join(s['plots'])}")
+    say(f"\nduetmc search {out / 'ablation' / 'textswap' / 'seed0'} \"{s['query']}\" -k 5")
+    for rank, h in enumerate(s["hits"], 1):
+        t = h["tags"]
+        say(f"  {rank}. {h['score']:.3f} {h['id']}: {', '.join(t.get('genre', []) + t.get('mood', []))}; "
+            f"{', '.join(t.get('instrument', []))}")
+    first = s["first_run_seconds"]
+    if first != s["seconds"]:
+        say(f"\nthis rerun took {s['seconds']:.0f} s, {100 * s['seconds'] / first:.0f} % of the first run ({first:.0f} s): "
+            "audio, features and finished runs were reused")
+    else:
+        say(f"\ntotal {s['seconds']:.0f} s; a rerun reuses the audio, the features and the finished runs")
