@@ -181,7 +181,7 @@ def test_second_array_over_the_same_cache_is_refused_until_forced(slurm_cluster,
     manifest, _ = reference
     templates = tmp_path / "templates"
     templates.mkdir()
-    real = (Path(__file__).resolve().parent.parent / "slurm" / "featurize_audio.sbatch").read_text()
+    real = (Path(__file__).resolve().parent.parent / "duetmc" / "resources" / "slurm" / "featurize_audio.sbatch").read_text()
     head, _ = real.split('exec "$DUETMC"')
     (templates / "featurize_audio.sbatch").write_text(head + "sleep 120\n")  # keeps the array in squeue
     env = {**slurm_cluster.env, "DUETMC_SLURM_TEMPLATES": str(templates)}
