@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from duetmc.errors import UsageError
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -183,7 +184,7 @@ def test_checkpoints_load_without_pickle(signal_cache, tmp_path):
     assert (run / "loss.png").stat().st_size > 1000 and (run / "r10.png").exists()
     conf = json.loads((run / "config.json").read_text())
     assert conf["train"]["temperature"] == 0.03 and conf["heads"]["dim"] == 256
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UsageError, match="already holds a run"):
         train(small(signal_cache, run, epochs=2))
 
 
