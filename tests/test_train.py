@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from duetmc.errors import UsageError
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from duetmc import train as train_mod
+from duetmc.errors import UsageError
 from duetmc.dataset import PairIndex, SamplerConfig, epoch_batches, resolve_spec
 from duetmc.evaluate import EvalConfig, evaluate_index
 from duetmc.train import TrainConfig, learning_rate, load_run, p_swap, train
