@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,8 +18,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_wheel_holds_package_data_and_runs_slurm_dry_run(tmp_path):
+    # Build from a copy of the tracked files: setuptools writes build/ into the source tree, and a stale
+    # build/ there could smuggle removed modules into the wheel.
+    src = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in tracked.splitlines():
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, REPO],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, src],
                    check=True, capture_output=True, text=True)
     wheel = next(dist.glob("duetmc-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
