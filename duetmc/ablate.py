@@ -26,7 +26,8 @@ TABLE4_ROWS: list[tuple[str, dict]] = [
     ("+ View Dropout", {"p_cap": 0.5, "views": True, "swap": False}),
     ("+ TextSwap", {"p_cap": 0.5, "views": True, "swap": True}),
 ]
-# Fig. 3: the probability of a caption rather than tags, with the full method otherwise.
+# Fig. 3: the probability of a caption rather than tags, with tag-to-caption alone (no View Dropout,
+# no TextSwap), as in the paper; p_cap = 0 and 0.5 are then the first two Table 4 rows.
 P_CAP_SWEEP = (0.0, 0.5, 1.0)
 
 
@@ -44,7 +45,9 @@ class AblateConfig:
 def configurations(cfg: AblateConfig) -> list[tuple[str, dict]]:
     rows = list(TABLE4_ROWS)
     if cfg.p_cap_sweep:
-        rows += [(f"p_cap={p:g}", {"p_cap": p, "views": True, "swap": True}) for p in P_CAP_SWEEP if p != 0.5]
+        known = [o for _, o in rows]
+        sweep = [{"p_cap": p, "views": False, "swap": False} for p in P_CAP_SWEEP]
+        rows += [(f"p_cap={o['p_cap']:g}", o) for o in sweep if o not in known]
     return rows
 
 
