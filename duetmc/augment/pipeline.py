@@ -7,6 +7,11 @@ Per item, in this order, each English text followed by its TextSwap hard negativ
   view     one Augmented View Dropout caption per view (view=0..K-1, tags = the view's tags)
   swap     parent = the text it was made from; a swap that could not be made leaves a note on the parent
   label    after all items: each distinct tag on its own (item ""), for zero-shot tag retrieval
+  probe_swap, probe_partial   test items only, evaluation probes the trainer never samples
+           (duetmc/probes.py): several TextSwap variants per category of the tags text and each human
+           caption, and one query per tag category built from that category's tags alone
+A text repeated within an item (two views with the same caption) gets its swaps once: they share one
+text row in the cache, so a second set would merge into the first.
 Every random choice is seeded from (seed, item id, purpose), so the output does not depend on the
 order of items and reruns are identical.
 """
@@ -28,6 +33,8 @@ from duetmc.manifest import Item
 
 
 NO_LABEL = ("bpm", "other")  # numbers and unknown free text make poor tag queries
+PROBE_VARIANTS = 5  # TextSwap variants per category and text in the swap-accuracy probe
+PROBE_SPLITS = ("test",)
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -75,6 +82,28 @@ def _with_swaps(rec: TextRecord, tags: dict[str, list[str]], vocab: Vocabulary, 
     return [dataclasses.replace(rec, note="; ".join(notes)) if notes else rec, *swaps]
 
 
+def _probe_records(item_id: str, texts: list[TextRecord], tags: dict[str, list[str]], vocab: Vocabulary,
+                   seed: int, n_variants: int = PROBE_VARIANTS) -> list[TextRecord]:
+    """Evaluation probes for one test item: swap variants of its tags text and human English captions,
+    and one partial query per tag category (see duetmc/probes.py)."""
+    out: list[TextRecord] = []
+    for rec in texts:
+        if rec.kind not in ("tags", "caption") or rec.source != "human" or rec.lang != "en":
+            continue
+        seen = {rec.text}
+        for v in range(n_variants):
+            for s in text_swaps(rec.text, tags, vocab, derive_seed(seed, "probe", item_id, rec.text, v)):
+                if s.text is not None and s.text not in seen:
+                    seen.add(s.text)
+                    out.append(TextRecord(item_id, "probe_swap", s.text, parent=rec.text, category=s.category,
+                                          swapped_from=s.swapped_from, swapped_to=s.swapped_to, source="swap"))
+    for category, values in tags.items():
+        if category not in NO_LABEL and values:
+            out.append(TextRecord(item_id, "probe_partial", ", ".join(values), category=category, source="tags",
+                                  tags=list(values)))
+    return out
+
+
 def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, seed: int = 0, vocab: Vocabulary | None = None) -> AugmentResult:
     """Captions, views and swaps for every item, plus a report of what was made and skipped."""
     vocab = vocab or default_vocabulary()
@@ -114,8 +143,12 @@ def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, 
             for k, view in enumerate(views_of[item.id]):
                 cap = next(captions)
                 texts.append((TextRecord(item.id, "view", cap.text, view=k, source=cap.source, tags=_flat(view)), True))
+        swapped: set[str] = set()
         for rec, swappable in texts:
-            records += _with_swaps(rec, tags, vocab, seed, report) if swappable else [rec]
+            records += _with_swaps(rec, tags, vocab, seed, report) if swappable and rec.text not in swapped else [rec]
+            swapped.add(rec.text)
+        if item.split in PROBE_SPLITS and tags:
+            records += _probe_records(item.id, [r for r, _ in texts], tags, vocab, seed)
 
     # Each distinct tag on its own: the queries of zero-shot tag retrieval (TTMR style).
     labels = sorted({t for tags in tags_of.values() for cat, ts in tags.items() if cat not in NO_LABEL for t in ts})
