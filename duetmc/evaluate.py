@@ -150,6 +150,14 @@ def _validation_queries(index: PairIndex, items: np.ndarray) -> Queries | None:
     return None
 
 
+def warn_no_validation(indices: list[PairIndex]) -> None:
+    """Without a `val` split there is no validation loss: early stopping and the best checkpoint are off."""
+    if not any(len(ix.items("val")) for ix in indices):
+        warnings.warn(f"{', '.join(ix.spec.cache for ix in indices)}: no clips in split 'val', so early stopping "
+                      "is off and no best epoch is chosen; give some manifest rows \"split\": \"val\"",
+                      UserWarning, stacklevel=2)
+
+
 @torch.no_grad()
 def validate(model: DuetHeads, indices: list[PairIndex], source, p_cap: float) -> dict:
     """Validation loss (fixed texts, no hard negatives) and R@10 on the val split."""
@@ -341,7 +349,7 @@ def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     names, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = names[counts > 1]
-        raise UsageError(f"{path}: array 'audio_ids' repeats {len(dup)} id(s): {', '.join(map(repr, dup[:5]))}; "
+        raise UsageError(f"{path}: array 'audio_ids' repeats {len(dup)} id(s): {', '.join(repr(str(d)) for d in dup[:5])}; "
                          "each clip must appear once")
     return data
 

@@ -225,7 +225,9 @@ def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
     sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap, shard_shuffle=mode == "streaming")
     stop = _Stop()
     handlers = {s: signal.signal(s, stop) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    from duetmc.evaluate import validate
+    from duetmc.evaluate import validate, warn_no_validation
+
+    warn_no_validation(indices)
 
     try:
         while state["epoch"] < cfg.epochs:
