@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from duetmc import metrics
-from duetmc.evaluate import EvalConfig, evaluate_index
+from duetmc.evaluate import PROBE_COLUMNS, EvalConfig, evaluate_index, probe_columns
 from duetmc.dataset import DataSpec, PairIndex
 from duetmc.train import TrainConfig, load_data, load_run, train
 
@@ -93,17 +93,22 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
                 d = trained_on.get(index.spec.cache)
                 res = evaluate_index(model, index, cfg.eval, *((source, d) if d is not None else ()))
                 for lang, m in res["text_to_music"].items():
-                    rows.append({"config": name, "seed": seed, "dataset": _dataset_name(cfg, index, lang), **m})
+                    probes = probe_columns(res) if lang in ("en", "tags") else {}
+                    rows.append({"config": name, "seed": seed, "dataset": _dataset_name(cfg, index, lang), **m,
+                                 **probes, "queries": res["queries"]["by_lang"][lang]})
             timings["eval"] += time.perf_counter() - t
             if progress:
                 last = rows[-1]
                 print(f"{name:>18} seed {seed}: R@10 {last['R@10']:.1f}  MedR {last['MedR']:.0f}", flush=True)
     table_rows = aggregate(rows)
-    table = metrics.markdown_table(table_rows, metrics=("R@1", "R@5", "R@10", "MedR"))
+    table = metrics.markdown_table(table_rows, metrics=("R@1", "R@5", "R@10", "MedR", *PROBE_COLUMNS))
     chance = _chance(eval_indices, cfg.eval)
+    used = "; ".join(dict.fromkeys(f"{r['dataset']}: " + ", ".join(f"{n} {s}" for s, n in r["queries"].items())
+                                   for r in rows))
     (out / "table.md").write_text(
         f"Text→music retrieval, mean ± std over {cfg.seeds} seed(s); subsets of {cfg.eval.subset_size} clips. "
-        f"Chance R@10 ≈ {chance:.1f} %.\n\n" + table)
+        f"Chance R@10 ≈ {chance:.1f} %. Queries ({cfg.eval.queries}): {used}. Swap acc: % of TextSwap variants "
+        "scored below the true text (chance ≈ 50); partial R@10: queries from one tag category.\n\n" + table)
     result = {"rows": rows, "table": table_rows, "timings": timings, "chance_R@10": chance, "runs_trained": runs_trained,
               "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -131,7 +136,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for (config, dataset), rs in groups.items():
         row = {"config": config, "dataset": dataset, "seeds": len(rs)}
-        for key in ("R@1", "R@5", "R@10", "MedR", "MeanR"):
+        for key in ("R@1", "R@5", "R@10", "MedR", "MeanR", *PROBE_COLUMNS):
+            if any(key not in r for r in rs):
+                continue
             vals = np.array([r[key] for r in rs], dtype=float)
             row[key] = float(vals.mean())
             row[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0

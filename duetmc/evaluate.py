@@ -392,8 +392,58 @@ def evaluate_embeddings(path: str | Path, cfg: EvalConfig) -> dict:
     return result
 
 
+def _rank_line(label: str, m: dict) -> str:
+    return (f"  {label:<16} R@1 {m['R@1']:.1f}  R@5 {m['R@5']:.1f}  R@10 {m['R@10']:.1f}  MedR {m['MedR']:.0f}  "
+            f"MeanR {m['MeanR']:.1f}  ({m['n_queries']:.0f} queries, {m['n_subsets']} subset(s) of {m['subset_size']})")
+
+
+def report_lines(result: dict) -> list[str]:
+    """The printed form of one evaluation result: every number with its context."""
+    name = result.get("cache") or result.get("baseline")
+    lines = [f"{name}: {result['n_items']} clips, split {result.get('split', '-')}"]
+    q = result.get("queries")
+    if q:
+        used = "; ".join(f"{lang}: " + ", ".join(f"{n} {s}" for s, n in by.items()) for lang, by in q["by_lang"].items())
+        lines.append(f"  queries ({q['selection']}): {used}")
+    if "chance" in result:
+        c = result["chance"]
+        lines.append(f"  chance level     R@1 {c['R@1']:.1f}  R@5 {c['R@5']:.1f}  R@10 {c['R@10']:.1f}")
+    for lang, m in result["text_to_music"].items():
+        lines.append(_rank_line(f"text→music [{lang}]", m))
+    if "music_to_text" in result:
+        lines.append(_rank_line("music→text", result["music_to_text"]))
+    t = result.get("tag_retrieval", {})
+    if "roc_auc" in t:
+        lines.append(f"  tag retrieval    ROC-AUC {t['roc_auc']:.3f}  PR-AUC {t['pr_auc']:.3f}  ({t['n_tags']} tags)")
+    probes = result.get("probes", {})
+    for key, label, metric in (("swap_accuracy", "swap accuracy", "accuracy"), ("partial_query", "partial R@10", "R@10")):
+        p = probes.get(key)
+        if p and "per_category" in p:
+            cats = "  ".join(f"{c} {v[metric]:.1f}" for c, v in p["per_category"].items())
+            lines.append(f"  {label:<16} {cats}  (%)")
+        elif p:
+            lines.append(f"  {label:<16} skipped: {p['skipped']}")
+    lines += [f"  warning: {w}" for w in result.get("warnings", [])]
+    return lines
+
+
 def table_rows(name: str, result: dict, lang: str = "en") -> dict:
     """One long-format row (for metrics.markdown_table) from an evaluation result."""
     t2m = result["text_to_music"]
     m = t2m.get(lang) or t2m.get("tags") or next(iter(t2m.values()))
-    return {"config": name, "dataset": Path(result.get("cache", result.get("baseline", ""))).name, **m}
+    return {"config": name, "dataset": Path(result.get("cache", result.get("baseline", ""))).name, **m,
+            **probe_columns(result)}
+
+
+PROBE_COLUMNS = ("swap acc", "partial R@10")
+
+
+def probe_columns(result: dict) -> dict:
+    """The probes' headline numbers as table columns (absent when a probe was skipped)."""
+    p = result.get("probes", {})
+    out = {}
+    if "mean" in p.get("swap_accuracy", {}):
+        out["swap acc"] = p["swap_accuracy"]["mean"]
+    if "mean_R@10" in p.get("partial_query", {}):
+        out["partial R@10"] = p["partial_query"]["mean_R@10"]
+    return out
