@@ -96,9 +96,10 @@ def datasets():
 
 
 @datasets.command("import")
-@click.argument("kind", type=click.Choice(["musiccaps", "song-describer", "lp-musiccaps", "jsonl"]))
+@click.argument("kind", type=click.Choice(["musiccaps", "song-describer", "lp-musiccaps", "yt8m-mtc", "jsonl"]))
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--audio-root", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder holding the audio files.")
+@click.option("--audio-root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding the audio files (searched recursively by file name; see the names below).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Manifest to write (JSONL).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Put every item in this split.")
 @click.option("--keep-missing", is_flag=True, help="Keep items whose audio file is not found (they are listed either way).")
@@ -109,11 +110,24 @@ def datasets():
 @click.option("--vocab", "vocab_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Tag vocabulary file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def import_(kind, src, audio_root, out, split, keep_missing, clip_files, all_captions, jamendo_tsv, vocab_path, as_json):
-    """Turn a public dataset file (MusicCaps CSV, Song Describer CSV, LP-MusicCaps-MTT, JSONL) into a manifest."""
+    """Turn a public dataset file (MusicCaps CSV, Song Describer CSV, LP-MusicCaps-MTT, YT8M-MusicTextClips CSV,
+    JSONL) into a manifest. Audio paths are written relative to the manifest's folder (or absolute), so the
+    manifest works from any working directory.
+
+    \b
+    Audio file names looked for under --audio-root (<ext>: wav, flac, mp3, ogg, opus):
+      musiccaps       <ytid>.<ext> (whole video; start/end written), or the 10 s clip as
+                      <ytid>_<start>_<end>.<ext> or <ytid>-<start>-<end>.<ext> (e.g. abc_30_40.wav)
+      song-describer  the CSV's path (xx/<track>.mp3) or xx/<track>.2min.mp3, also under audio/,
+                      or <track_id>.2min.<ext> / <track_id>.<ext> anywhere
+      lp-musiccaps    the record's path (x/<name>.mp3), <name>.<ext>, or <track_id>.<ext>
+      yt8m-mtc        <video_id>_<start>_<end>.<ext> (clip), or <video_id>.<ext> (start/end written)
+      jsonl           each row's `audio`, relative to --audio-root
+    """
 
     def run():
         from duetmc.augment.vocab import load_vocabulary
-        from duetmc.datasets import ImportOptions, import_dataset
+        from duetmc.importers import ImportOptions, import_dataset
 
         extra: dict = {}
         if clip_files:
