@@ -2,7 +2,9 @@
 
 Per item, in this order, each English text followed by its TextSwap hard negatives:
   tags     the tags-only text ("rock, happy, piano")
-  caption  human captions (source="human"), then captions_i18n (lang set, never swapped), then the
+  caption  human captions (source="human"), then captions_i18n (lang set, never swapped; the manifest's
+           are source="human", machine translations of the English human captions made with
+           `translator` are source="translation"), then the
            tag-to-caption caption of all tags (view=None, source = the captioner's, or "fallback")
   view     one Augmented View Dropout caption per view (view=0..K-1, tags = the view's tags)
   swap     parent = the text it was made from; a swap that could not be made leaves a note on the parent
@@ -53,6 +55,8 @@ class AugmentReport:
     swaps_made: int = 0
     swaps_skipped: int = 0
     items_without_tags: int = 0
+    translations: int = 0
+    translations_failed: int = 0
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,8 +108,26 @@ def _probe_records(item_id: str, texts: list[TextRecord], tags: dict[str, list[s
     return out
 
 
-def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, seed: int = 0, vocab: Vocabulary | None = None) -> AugmentResult:
-    """Captions, views and swaps for every item, plus a report of what was made and skipped."""
+def _translations(items: Sequence[Item], translator, languages: Sequence[str], report: AugmentReport) -> dict:
+    """(English caption, lang) -> translation, for items that lack human captions in that language."""
+    out: dict[tuple[str, str], str] = {}
+    for lang in languages:
+        texts = list(dict.fromkeys(c for item in items if not item.captions_i18n.get(lang) for c in item.captions))
+        for text, translated in zip(texts, translator.translate_many(texts, lang) if texts else []):
+            if translated is None:
+                report.translations_failed += 1
+            else:
+                out[(text, lang)] = translated
+    return out
+
+
+def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, seed: int = 0, vocab: Vocabulary | None = None,
+                translator=None, languages: Sequence[str] = ()) -> AugmentResult:
+    """Captions, views and swaps for every item, plus a report of what was made and skipped.
+
+    With a `translator` (duetmc.augment.translate), English human captions are also translated into
+    `languages` for items without human captions in that language.
+    """
     vocab = vocab or default_vocabulary()
     report = AugmentReport(items=len(items))
     unknown: list[str] = []
@@ -126,6 +148,7 @@ def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, 
     report.unknown_tags = len(unknown)
     report.unknown_examples = list(dict.fromkeys(unknown))[:10]
 
+    translated = _translations(items, translator, languages, report) if translator is not None else {}
     # One batch for the whole manifest, so an LLM backend can keep its workers busy.
     captions = iter(captioner.caption_many(requests))
     records: list[TextRecord] = []
@@ -137,6 +160,9 @@ def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, 
         texts += [(TextRecord(item.id, "caption", text, source="human"), True) for text in item.captions]
         texts += [(TextRecord(item.id, "caption", text, lang=lang, source="human"), False)
                   for lang, texts_ in item.captions_i18n.items() for text in texts_]
+        texts += [(TextRecord(item.id, "caption", translated[(text, lang)], lang=lang, source="translation"), False)
+                  for lang in languages for text in item.captions if (text, lang) in translated
+                  and not item.captions_i18n.get(lang)]
         if tags:
             full = next(captions)
             texts.append((TextRecord(item.id, "caption", full.text, source=full.source, tags=_flat(tags)), True))
@@ -155,6 +181,7 @@ def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, 
     records += [TextRecord("", "label", t, source="vocabulary", tags=[t]) for t in labels]
     report.records_by_kind = dict(Counter(r.kind for r in records))
     report.captions_by_source = dict(Counter(r.source for r in records if r.kind in ("caption", "view")))
+    report.translations = report.captions_by_source.get("translation", 0)
     return AugmentResult(records, report)
 
 

@@ -38,8 +38,13 @@ def _default_cache_dir() -> Path:
               help="llm: on-disk caption cache, so reruns cost nothing [default: $XDG_CACHE_HOME/duetmc/captions].")
 @click.option("--vocab", "vocab_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Tag vocabulary and TextSwap dictionary (JSON) replacing, or extending, the packaged one.")
+@click.option("--translate", default=None, metavar="LANGS",
+              help="Also translate the English human captions into these languages (e.g. de,fr,it,es) through the "
+                   "OpenAI-compatible server of --endpoint/--model, cached like captions; written as captions in "
+                   "those languages with source 'translation' (Table 3 queries).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_key, concurrency, timeout_s, cache_dir, vocab_path, as_json):
+def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_key, concurrency, timeout_s, cache_dir, vocab_path,
+            translate, as_json):
     """Write every text the trainer may see: tags, captions, View Dropout views and TextSwap negatives."""
 
     def run():
@@ -62,9 +67,21 @@ def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_k
             backend = cap.HFCaptioner(cap.HFConfig(path=Path(model)), vocab)
         else:
             backend = cap.TemplateCaptioner(vocab)
+        translator, languages = None, ()
+        if translate:
+            from duetmc.augment.translate import LLMTranslator, parse_languages
+
+            languages = parse_languages(translate)
+            if not endpoint or not model:
+                raise click.UsageError("--translate needs --endpoint URL and --model NAME (an OpenAI-compatible server)")
+            client = backend if isinstance(backend, cap.LLMCaptioner) else cap.LLMCaptioner(cap.LLMConfig(
+                endpoint=endpoint, model=model, api=api, concurrency=concurrency, timeout_s=timeout_s,
+                cache_dir=cache_dir or _default_cache_dir(), api_key=api_key), vocab)
+            translator = LLMTranslator(client)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run_augment(items, backend, n_views=n_views, seed=seed, vocab=vocab)
+            result = run_augment(items, backend, n_views=n_views, seed=seed, vocab=vocab, translator=translator,
+                                 languages=languages)
         _echo_warnings(caught)
         write_views(result.records, out)
         summary = {"out": str(out), "records": len(result.records), **result.report.to_json()}
@@ -80,6 +97,8 @@ def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_k
         click.echo("  captions by source: " + ", ".join(f"{k} {v}" for k, v in sorted(r.captions_by_source.items())))
         click.echo(f"  swaps made {r.swaps_made}, skipped {r.swaps_skipped} (see 'note' on the parent records)")
         click.echo(f"  unknown tags kept under 'other': {r.unknown_tags}" + (f" (e.g. {', '.join(r.unknown_examples[:5])})" if r.unknown_examples else ""))
+        if languages:
+            click.echo(f"  translations ({', '.join(languages)}): {r.translations} written, {r.translations_failed} failed")
         if r.items_without_tags:
             click.echo(f"  items without tags (human captions only): {r.items_without_tags}")
         if stats is not None:
