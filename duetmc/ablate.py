@@ -70,6 +70,7 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
                     for c in (cfg.eval_caches or [spec.cache])]
     timings["load"] += time.perf_counter() - t0
     rows: list[dict] = []
+    notes: list[str] = []  # the evaluator's protocol warnings (small splits), once each
     runs_trained = 0
     configs = configurations(cfg)
     if cfg.untrained_baseline:
@@ -92,6 +93,7 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
             for index in eval_indices:
                 d = trained_on.get(index.spec.cache)
                 res = evaluate_index(model, index, cfg.eval, *((source, d) if d is not None else ()))
+                notes += [w for w in res["warnings"] if w not in notes]
                 for lang, m in res["text_to_music"].items():
                     probes = probe_columns(res) if lang in ("en", "tags") else {}
                     rows.append({"config": name, "seed": seed, "dataset": _dataset_name(cfg, index, lang), **m,
@@ -108,9 +110,10 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
     (out / "table.md").write_text(
         f"Text→music retrieval, mean ± std over {cfg.seeds} seed(s); subsets of {cfg.eval.subset_size} clips. "
         f"Chance R@10 ≈ {chance:.1f} %. Queries ({cfg.eval.queries}): {used}. Swap acc: % of TextSwap variants "
-        "scored below the true text (chance ≈ 50); partial R@10: queries from one tag category.\n\n" + table)
+        "scored below the true text (chance ≈ 50); partial R@10: queries from one tag category.\n\n" + table
+        + "".join(f"\nWarning: {w}\n" for w in notes))
     result = {"rows": rows, "table": table_rows, "timings": timings, "chance_R@10": chance, "runs_trained": runs_trained,
-              "seconds": time.perf_counter() - t0}
+              "warnings": notes, "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     bar_chart(table_rows, out / "bars.png")
     return result

@@ -289,8 +289,6 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
 
         result["probes"] = run_probes(lambda rows: embed_texts(model, source, d, rows), text_records(index),
                                       len(index.ids), items, item_emb, cfg.subset_size, cfg.n_subsets, cfg.seed)
-    for w in warns:
-        warnings.warn(w, UserWarning, stacklevel=2)
     if own:
         source.close()
     return result
@@ -387,8 +385,6 @@ def evaluate_embeddings(path: str | Path, cfg: EvalConfig) -> dict:
         result["queries"]["by_lang"][lang] = {str(a): int(b) for a, b in zip(names, counts)}
         result["text_to_music"][lang] = metrics.retrieval_metrics(
             data["query"][sel], audio, targets[sel], cfg.subset_size, cfg.n_subsets, cfg.seed)
-    for w in warns:
-        warnings.warn(w, UserWarning, stacklevel=2)
     return result
 
 

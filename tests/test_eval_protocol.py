@@ -33,8 +33,8 @@ def _index(cache):
 @pytest.mark.slow
 def test_default_queries_are_human_captions_and_are_counted(caches):
     short, _, run = caches
-    with pytest.warns(UserWarning, match="fewer than the protocol's subsets"):
-        human = evaluate_run(run, [short], EvalConfig())[0]
+    human = evaluate_run(run, [short], EvalConfig())[0]
+    assert "fewer than the protocol's subsets of 500" in human["warnings"][0]
     assert human["queries"] == {"selection": "human", "by_lang": {"en": {"human": 8}}}
     assert human["text_to_music"]["en"]["n_queries"] == 8
     every = evaluate_run(run, [short], EvalConfig(queries="all"))[0]
