@@ -81,6 +81,9 @@ class Queries:
 
 def text_records(index: PairIndex) -> dict[str, np.ndarray]:
     """The text group's records whose text is featurized, with `pos` = the clip's index (-1: none)."""
+    cached = getattr(index, "_text_records", None)
+    if cached is not None:  # validation asks every epoch
+        return cached
     from duetmc.cache_spec import read_strings
 
     rec = index.text["records"]
@@ -91,7 +94,8 @@ def text_records(index: PairIndex) -> dict[str, np.ndarray]:
     pos = {str(i): k for k, i in enumerate(index.ids)}
     cols["pos"] = np.array([pos.get(str(i), -1) for i in cols["item"]], dtype=np.int64)
     keep = index.text_done[cols["row"]]
-    return {k: np.asarray(v)[keep] for k, v in cols.items()}
+    index._text_records = {k: np.asarray(v)[keep] for k, v in cols.items()}
+    return index._text_records
 
 
 def _wanted(sources: np.ndarray, which: str) -> np.ndarray:

@@ -41,6 +41,17 @@ def test_default_queries_are_human_captions_and_are_counted(caches):
     assert every["queries"]["by_lang"]["en"] == {"human": 8, "template": 8}
     generated = evaluate_run(run, [short], EvalConfig(queries="generated"))[0]
     assert generated["queries"]["by_lang"]["en"] == {"template": 8}
+    from click.testing import CliRunner
+
+    from duetmc.cli import main
+
+    res = CliRunner().invoke(main, ["eval", run, "--cache", short], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for line in ("queries (human): en: 8 human", "chance level     R@1 12.5  R@5 62.5  R@10 100.0",
+                 "warning: ", "swap accuracy    genre", "partial R@10     genre", "swap acc", "partial R@10 |"):
+        assert line in res.output, line
+    res = CliRunner().invoke(main, ["eval", run, "--cache", short, "--split", "train"])
+    assert res.exit_code == 2 and "--queries all" in res.output
 
 
 @pytest.mark.slow
@@ -66,7 +77,7 @@ def test_a_model_trained_on_short_texts_evaluates_and_searches_long_ones(caches,
     from duetmc.search import search
 
     short, long, run = caches
-    assert _index(short).text_shape[1] < 48 < _index(long).text_shape[1]
+    assert 43 <= _index(short).text_shape[1] < _index(long).text_shape[1] == 77  # 77: the encoder limit
     res = evaluate_run(run, [long], EvalConfig())[0]
     assert res["text_to_music"]["en"]["n_queries"] == 8
     seen = []
