@@ -10,6 +10,7 @@ without captions falls back to its tags-only texts (reported as language "tags")
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,21 +57,109 @@ def embed_texts(model: DuetHeads, source, d: int, rows: np.ndarray, batch: int =
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
 
 
-def queries(index: PairIndex, items: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """lang -> (text rows, position of the target clip in `items`)."""
-    position = {int(k): i for i, k in enumerate(items)}
-    out = {}
-    for lang, pairs in sorted(index.queries.items()):
-        sel = [(row, position[k]) for row, k in pairs if k in position]
-        if sel:
-            rows, targets = zip(*sel)
-            out[lang] = (np.array(rows), np.array(targets))
-    if not out:
+# Who wrote a caption (the `source` of its record). Human captions come from the manifest or the
+# imported dataset; a translation of a human caption counts as human in its language (the paper's
+# Table 3 queries are translated captions). Generated captions are training data.
+HUMAN_SOURCES = frozenset({"human", "translation"})
+GENERATED_SOURCES = frozenset({"template", "llm", "hf", "fallback"})
+QUERY_CHOICES = ("human", "all", "generated")
+PROBE_KINDS = ("probe_swap", "probe_partial")  # evaluation-only records; the trainer never samples them
+
+
+@dataclass
+class Queries:
+    """One language's queries: text rows, the position of each target clip in `items`, sources."""
+
+    rows: np.ndarray
+    targets: np.ndarray
+    sources: np.ndarray
+
+    def counts(self) -> dict[str, int]:
+        names, n = np.unique(self.sources, return_counts=True)
+        return {str(a): int(b) for a, b in zip(names, n)}
+
+
+def text_records(index: PairIndex) -> dict[str, np.ndarray]:
+    """The text group's records whose text is featurized, with `pos` = the clip's index (-1: none)."""
+    cached = getattr(index, "_text_records", None)
+    if cached is not None:  # validation asks every epoch
+        return cached
+    from duetmc.cache_spec import read_strings
+
+    rec = index.text["records"]
+    cols = {name: read_strings(rec[name]) for name in ("item", "kind", "lang", "source")}
+    cols["category"] = read_strings(rec["category"]) if "category" in rec else np.full(len(cols["item"]), "")
+    cols["row"] = np.asarray(rec["text_row"][:], dtype=np.int64)
+    cols["parent"] = np.asarray(rec["parent_row"][:], dtype=np.int64)
+    pos = {str(i): k for k, i in enumerate(index.ids)}
+    cols["pos"] = np.array([pos.get(str(i), -1) for i in cols["item"]], dtype=np.int64)
+    keep = index.text_done[cols["row"]]
+    index._text_records = {k: np.asarray(v)[keep] for k, v in cols.items()}
+    return index._text_records
+
+
+def _wanted(sources: np.ndarray, which: str) -> np.ndarray:
+    if which == "human":
+        return np.isin(sources, list(HUMAN_SOURCES))
+    if which == "generated":
+        return np.isin(sources, list(GENERATED_SOURCES))
+    return np.ones(len(sources), dtype=bool)
+
+
+def queries(index: PairIndex, items: np.ndarray, which: str = "human", what: str = "") -> dict[str, Queries]:
+    """lang -> the split's caption queries of the chosen sources (`human`, `all` or `generated`).
+
+    A split without such captions is an error naming the sources it does have; only `all` falls back
+    to the tags-only texts (language "tags", source "tags") when the split has no caption at all.
+    """
+    if which not in QUERY_CHOICES:
+        raise UsageError(f"--queries must be one of {list(QUERY_CHOICES)}, got {which!r}")
+    rec = text_records(index)
+    position = np.full(len(index.ids), -1, dtype=np.int64)
+    position[items] = np.arange(len(items))
+    in_split = (rec["pos"] >= 0) & (position[np.maximum(rec["pos"], 0)] >= 0)
+    captions = in_split & (rec["kind"] == "caption")
+    chosen = captions & _wanted(rec["source"], which)
+    out: dict[str, Queries] = {}
+    for lang in sorted(set(rec["lang"][chosen])):
+        sel, seen = [], set()
+        for j in np.flatnonzero(chosen & (rec["lang"] == lang)):
+            key = (int(rec["row"][j]), int(rec["pos"][j]))  # one query per (text, clip), even if recorded twice
+            if key not in seen:
+                seen.add(key)
+                sel.append(j)
+        out[str(lang)] = Queries(rec["row"][sel], position[rec["pos"][sel]], rec["source"][sel].astype(str))
+    if out:
+        return out
+    if which == "all":
         sel = [(int(index.tags_row[k]), i) for i, k in enumerate(items) if index.tags_row[k] >= 0]
         if sel:
             rows, targets = zip(*sel)
-            out["tags"] = (np.array(rows), np.array(targets))
-    return out
+            return {"tags": Queries(np.array(rows), np.array(targets), np.full(len(rows), "tags"))}
+    have = {str(a): int(b) for a, b in zip(*np.unique(rec["source"][captions].astype(str), return_counts=True))}
+    found = ", ".join(f"{n} {s}" for s, n in have.items()) or "no captions at all"
+    fix = "; evaluate on generated or tags texts with --queries all" if which != "all" else "; featurize a views file with captions"
+    raise UsageError(f"{what or index.spec.cache}: no {which} caption queries among the {len(items)} clips of this split "
+                     f"(found: {found}){fix}")
+
+
+def _validation_queries(index: PairIndex, items: np.ndarray) -> Queries | None:
+    """English human captions when the split has them, else any caption or the tags texts."""
+    for which in ("human", "all"):
+        try:
+            q = queries(index, items, which)
+        except UsageError:
+            continue
+        return q.get("en") or q.get("tags")
+    return None
+
+
+def warn_no_validation(indices: list[PairIndex]) -> None:
+    """Without a `val` split there is no validation loss: early stopping and the best checkpoint are off."""
+    if not any(len(ix.items("val")) for ix in indices):
+        warnings.warn(f"{', '.join(ix.spec.cache for ix in indices)}: no clips in split 'val', so early stopping "
+                      "is off and no best epoch is chosen; give some manifest rows \"split\": \"val\"",
+                      UserWarning, stacklevel=2)
 
 
 @torch.no_grad()
@@ -84,9 +173,9 @@ def validate(model: DuetHeads, indices: list[PairIndex], source, p_cap: float) -
             continue
         audio.append(embed_items(model, source, d, index, items))
         text.append(embed_texts(model, source, d, np.array([index.fixed_text(int(k), p_cap) for k in items])))
-        q = queries(index, items).get("en") or queries(index, items).get("tags")
+        q = _validation_queries(index, items)
         if q is not None:
-            targets.append((embed_texts(model, source, d, q[0]), q[1] + n))
+            targets.append((embed_texts(model, source, d, q.rows), q.targets + n))
         n += len(items)
     model.train()
     if not audio:
@@ -115,6 +204,29 @@ class EvalConfig:
     device: str = "cpu"
     music_to_text: bool = True
     tag_retrieval: bool = True
+    queries: str = "human"  # human | all | generated (see QUERY_CHOICES)
+    probes: bool = True
+
+    def __post_init__(self):
+        if self.queries not in QUERY_CHOICES:
+            raise UsageError(f"queries must be one of {list(QUERY_CHOICES)}, got {self.queries!r}")
+
+
+FEW_ITEMS = 100  # below this R@10's chance level exceeds 10 %
+
+
+def context(n_items: int, cfg: EvalConfig, what: str) -> tuple[dict, list[str]]:
+    """The chance level of R@k for the evaluated subset size, and warnings about the protocol."""
+    n = min(n_items, cfg.subset_size) if cfg.subset_size else n_items
+    chance = metrics.chance_levels(n)
+    warns = []
+    if cfg.subset_size and n_items < cfg.subset_size:
+        warns.append(f"{what}: {n_items} clips is fewer than the protocol's subsets of {cfg.subset_size}, so the "
+                     f"metrics come from one subset of {n_items} clips and are not comparable to published numbers")
+    if n_items < FEW_ITEMS:
+        warns.append(f"{what}: with {n_items} clips a random ranking already scores R@10 = {chance['R@10']:.1f} %; "
+                     "R@10 says little here, read R@1 and the median rank")
+    return chance, warns
 
 
 def _labels(index: PairIndex, items: np.ndarray) -> tuple[list[str], np.ndarray] | None:
@@ -135,8 +247,16 @@ def _labels(index: PairIndex, items: np.ndarray) -> tuple[list[str], np.ndarray]
     return names, labels
 
 
+def _ordered_items(index: PairIndex, split: str) -> np.ndarray:
+    """The split's clips sorted by id, so subsets do not depend on manifest order (and match baselines)."""
+    items = index.items(split) if split != "all" else np.flatnonzero(index.usable)
+    if len(items) == 0:
+        raise UsageError(f"{index.spec.cache}: no featurized clips in split {split!r}")
+    return items[np.argsort(np.array([str(index.ids[k]) for k in items]), kind="stable")]
+
+
 def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=None, d: int = 0) -> dict:
-    """Every metric for one cache: per-language text->music, music->text, zero-shot tag retrieval.
+    """Every metric for one cache: per-language text->music, music->text, zero-shot tag retrieval, probes.
 
     `source`/`d` reuse a feature source that already holds this cache as dataset `d` (the trainer's).
     """
@@ -145,18 +265,21 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
         d = 0
         source = MemorySource([index], cfg.device) if index.audio["features"].nbytes < 4 * 2**30 \
             else StreamingSource([index], cfg.device)
-    items = index.items(cfg.split) if cfg.split != "all" else np.flatnonzero(index.usable)
-    if len(items) == 0:
-        raise UsageError(f"{index.spec.cache}: no featurized clips in split {cfg.split!r}")
+    items = _ordered_items(index, cfg.split)
+    what = f"{index.spec.cache} [{cfg.split}]"
+    qs = queries(index, items, cfg.queries, what)
+    chance, warns = context(len(items), cfg, what)
     item_emb = embed_items(model, source, d, index, items)
-    result: dict = {"cache": index.spec.cache, "split": cfg.split, "n_items": int(len(items)), "text_to_music": {}}
-    for lang, (rows, targets) in queries(index, items).items():
-        q = embed_texts(model, source, d, rows)
+    result: dict = {"cache": index.spec.cache, "split": cfg.split, "n_items": int(len(items)),
+                    "queries": {"selection": cfg.queries, "by_lang": {lang: q.counts() for lang, q in qs.items()}},
+                    "chance": chance, "warnings": warns, "text_to_music": {}}
+    for lang, q in qs.items():
+        q_emb = embed_texts(model, source, d, q.rows)
         result["text_to_music"][lang] = metrics.retrieval_metrics(
-            q, item_emb, targets, cfg.subset_size, cfg.n_subsets, cfg.seed)
+            q_emb, item_emb, q.targets, cfg.subset_size, cfg.n_subsets, cfg.seed)
         if cfg.music_to_text and lang in ("en", "tags"):
             result["music_to_text"] = metrics.music_to_text_metrics(
-                item_emb, q, targets, cfg.subset_size, cfg.n_subsets, cfg.seed)
+                item_emb, q_emb, q.targets, cfg.subset_size, cfg.n_subsets, cfg.seed)
     labelled = _labels(index, items) if cfg.tag_retrieval else None
     if labelled is not None:
         names, labels = labelled
@@ -165,6 +288,11 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
             result["tag_retrieval"] = metrics.tag_retrieval_metrics(tag_emb, item_emb, labels)
         except ValueError as exc:
             result["tag_retrieval"] = {"skipped": str(exc)}
+    if cfg.probes:
+        from duetmc.probes import run_probes
+
+        result["probes"] = run_probes(lambda rows: embed_texts(model, source, d, rows), text_records(index),
+                                      len(index.ids), items, item_emb, cfg.subset_size, cfg.n_subsets, cfg.seed)
     if own:
         source.close()
     return result
@@ -183,40 +311,139 @@ def evaluate_run(run: str | Path, caches: list[str], cfg: EvalConfig, which: str
     return results
 
 
+BASELINE_REQUIRED = ("audio", "audio_ids", "query", "query_item")
+BASELINE_OPTIONAL = ("query_source", "query_lang", "query_text")
+
+
+def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
+    """An embedding file (docs/PROTOCOL.md): .npz or Zarr group, checked array by array."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        else:
+            import zarr
+
+            g = zarr.open_group(str(path), mode="r")
+            data = {k: np.asarray(g[k][:]) for k in g.array_keys()}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable .npz or Zarr embedding file ({exc}); see docs/PROTOCOL.md") from None
+    missing = [k for k in BASELINE_REQUIRED if k not in data]
+    if missing:
+        raise UsageError(f"{path}: missing arrays {missing}; an embedding file holds audio, audio_ids, query, "
+                         "query_item (and optionally query_source, query_lang); see docs/PROTOCOL.md")
+    n, q = len(data["audio_ids"]), len(data["query_item"])
+    for name, rows in (("audio", n), ("query", q)):
+        a = data[name]
+        if a.ndim != 2 or a.shape[0] != rows or a.dtype.kind not in "fiu":
+            raise UsageError(f"{path}: array {name!r} must be numeric [{rows}, dim], got {a.dtype} {a.shape}")
+        bad = ~np.isfinite(a.astype(np.float64))
+        if bad.any():
+            raise UsageError(f"{path}: array {name!r} holds {int(bad.any(axis=1).sum())} row(s) with NaN or Inf "
+                             f"(first row {int(np.flatnonzero(bad.any(axis=1))[0])}); fix the model that wrote it")
+    if data["audio"].shape[1] != data["query"].shape[1]:
+        raise UsageError(f"{path}: 'audio' is {data['audio'].shape[1]}-d but 'query' is {data['query'].shape[1]}-d")
+    for name in BASELINE_OPTIONAL:
+        if name in data and len(data[name]) != q:
+            raise UsageError(f"{path}: array {name!r} has {len(data[name])} entries for {q} queries")
+    ids = np.array([str(x) for x in data["audio_ids"]])
+    names, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = names[counts > 1]
+        raise UsageError(f"{path}: array 'audio_ids' repeats {len(dup)} id(s): {', '.join(repr(str(d)) for d in dup[:5])}; "
+                         "each clip must appear once")
+    return data
+
+
 def evaluate_embeddings(path: str | Path, cfg: EvalConfig) -> dict:
     """Baseline: precomputed embeddings from another model under exactly the same protocol.
 
-    `path` is an .npz with `audio` [N, d], `audio_ids` [N], `query` [Q, d], `query_item` [Q] (ids)
-    and optionally `query_lang` [Q]; a Zarr group with the same array names works too.
+    The file format is docs/PROTOCOL.md's. Clips are ordered by id (so subsets match a run's on the
+    same clips and row order never matters), and `cfg.queries` picks queries by `query_source`.
     """
-    path = Path(path)
-    if path.suffix == ".npz":
-        data = dict(np.load(path, allow_pickle=False))
-    else:
-        import zarr
-
-        g = zarr.open_group(str(path), mode="r")
-        data = {k: np.asarray(g[k][:]) for k in g.array_keys()}
-    missing = {"audio", "audio_ids", "query", "query_item"} - set(data)
-    if missing:
-        raise UsageError(f"{path}: missing arrays {sorted(missing)}; see `duetmc eval --help` for the format")
-    ids = [str(x) for x in data["audio_ids"]]
+    data = read_embeddings(path)
+    ids = np.array([str(x) for x in data["audio_ids"]])
+    order = np.argsort(ids, kind="stable")
+    ids, audio = ids[order], data["audio"][order]
     pos = {k: i for i, k in enumerate(ids)}
-    unknown = [str(q) for q in data["query_item"] if str(q) not in pos]
+    items = np.array([str(x) for x in data["query_item"]])
+    unknown = [x for x in items if x not in pos]
     if unknown:
-        raise UsageError(f"{path}: {len(unknown)} queries name clips not in audio_ids (first: {unknown[0]!r})")
-    targets = np.array([pos[str(q)] for q in data["query_item"]])
-    langs = np.array([str(x) for x in data.get("query_lang", np.full(len(targets), "en"))])
-    result = {"baseline": str(path), "n_items": len(ids), "text_to_music": {}}
-    for lang in sorted(set(langs)):
-        sel = langs == lang
+        raise UsageError(f"{path}: array 'query_item' names {len(unknown)} clip(s) not in audio_ids "
+                         f"(first: {unknown[0]!r})")
+    q = len(items)
+    sources = np.array([str(x) for x in data.get("query_source", np.full(q, "human"))])
+    langs = np.array([str(x) for x in data.get("query_lang", np.full(q, "en"))])
+    chosen = _wanted(sources, cfg.queries)
+    if not chosen.any():
+        found = ", ".join(f"{n} {s}" for s, n in zip(*np.unique(sources, return_counts=True))) or "none"
+        raise UsageError(f"{path}: no {cfg.queries} queries (query_source has: {found}); use --queries all")
+    targets = np.array([pos[x] for x in items])
+    chance, warns = context(len(ids), cfg, str(path))
+    result = {"baseline": str(path), "n_items": len(ids), "chance": chance, "warnings": warns,
+              "queries": {"selection": cfg.queries, "by_lang": {}}, "text_to_music": {}}
+    for lang in sorted(set(langs[chosen])):
+        sel = chosen & (langs == lang)
+        names, counts = np.unique(sources[sel], return_counts=True)
+        result["queries"]["by_lang"][lang] = {str(a): int(b) for a, b in zip(names, counts)}
         result["text_to_music"][lang] = metrics.retrieval_metrics(
-            data["query"][sel], data["audio"], targets[sel], cfg.subset_size, cfg.n_subsets, cfg.seed)
+            data["query"][sel], audio, targets[sel], cfg.subset_size, cfg.n_subsets, cfg.seed)
     return result
+
+
+def _rank_line(label: str, m: dict) -> str:
+    return (f"  {label:<16} R@1 {m['R@1']:.1f}  R@5 {m['R@5']:.1f}  R@10 {m['R@10']:.1f}  MedR {m['MedR']:.0f}  "
+            f"MeanR {m['MeanR']:.1f}  ({m['n_queries']:.0f} queries, {m['n_subsets']} subset(s) of {m['subset_size']})")
+
+
+def report_lines(result: dict) -> list[str]:
+    """The printed form of one evaluation result: every number with its context."""
+    name = result.get("cache") or result.get("baseline")
+    lines = [f"{name}: {result['n_items']} clips, split {result.get('split', '-')}"]
+    q = result.get("queries")
+    if q:
+        used = "; ".join(f"{lang}: " + ", ".join(f"{n} {s}" for s, n in by.items()) for lang, by in q["by_lang"].items())
+        lines.append(f"  queries ({q['selection']}): {used}")
+    if "chance" in result:
+        c = result["chance"]
+        lines.append(f"  chance level     R@1 {c['R@1']:.1f}  R@5 {c['R@5']:.1f}  R@10 {c['R@10']:.1f}")
+    for lang, m in result["text_to_music"].items():
+        lines.append(_rank_line(f"text→music [{lang}]", m))
+    if "music_to_text" in result:
+        lines.append(_rank_line("music→text", result["music_to_text"]))
+    t = result.get("tag_retrieval", {})
+    if "roc_auc" in t:
+        lines.append(f"  tag retrieval    ROC-AUC {t['roc_auc']:.3f}  PR-AUC {t['pr_auc']:.3f}  ({t['n_tags']} tags)")
+    probes = result.get("probes", {})
+    for key, label, metric in (("swap_accuracy", "swap accuracy", "accuracy"), ("partial_query", "partial R@10", "R@10")):
+        p = probes.get(key)
+        if p and "per_category" in p:
+            cats = "  ".join(f"{c} {v[metric]:.1f}" for c, v in p["per_category"].items())
+            lines.append(f"  {label:<16} {cats}  (%)")
+        elif p:
+            lines.append(f"  {label:<16} skipped: {p['skipped']}")
+    lines += [f"  warning: {w}" for w in result.get("warnings", [])]
+    return lines
 
 
 def table_rows(name: str, result: dict, lang: str = "en") -> dict:
     """One long-format row (for metrics.markdown_table) from an evaluation result."""
     t2m = result["text_to_music"]
     m = t2m.get(lang) or t2m.get("tags") or next(iter(t2m.values()))
-    return {"config": name, "dataset": Path(result.get("cache", result.get("baseline", ""))).name, **m}
+    return {"config": name, "dataset": Path(result.get("cache", result.get("baseline", ""))).name, **m,
+            **probe_columns(result)}
+
+
+PROBE_COLUMNS = ("swap acc", "partial R@10")
+
+
+def probe_columns(result: dict) -> dict:
+    """The probes' headline numbers as table columns (absent when a probe was skipped)."""
+    p = result.get("probes", {})
+    out = {}
+    if "mean" in p.get("swap_accuracy", {}):
+        out["swap acc"] = p["swap_accuracy"]["mean"]
+    if "mean_R@10" in p.get("partial_query", {}):
+        out["partial R@10"] = p["partial_query"]["mean_R@10"]
+    return out

@@ -16,6 +16,10 @@
   averaged; `<metric>_std` is the spread over subsets (0 with a single subset). Only items in the
   subset are candidates, and the queries are all texts whose target item is in the subset. When
   there are no more than `subset_size` items (or `subset_size=None`), the whole set is used once.
+- **Non-finite scores are refused** (`NonFiniteError`): a NaN never compares >= anything, so it would
+  get rank 0 and count as a hit at every k.
+- **Chance level**: a random ranking of N candidates puts the target in the top k with probability
+  min(k, N) / N (`chance_levels`); every reported R@k should be read against it.
 - Memory stays bounded: similarities are computed in query chunks of at most `max_bytes`.
 """
 
@@ -25,18 +29,40 @@ from typing import Sequence
 
 import numpy as np
 
+from duetmc.errors import DuetmcError
+
 DEFAULT_MAX_BYTES = 256 * 2**20
 RANK_METRICS = ("R@1", "R@5", "R@10", "MedR")
+
+
+class NonFiniteError(DuetmcError, ValueError):
+    """Embeddings or scores hold NaN or Inf; ranking them would count them as hits."""
+
+
+def check_finite(x: np.ndarray, what: str) -> None:
+    """Refuse NaN/Inf in `x` with one line saying how many rows are affected."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1)) if x.ndim > 1 else np.flatnonzero(bad)
+        raise NonFiniteError(f"{what}: {rows.size} of {len(x)} row(s) hold NaN or Inf (first row {int(rows[0])}); "
+                             "ranking would count them as hits, so fix the model or features that produced them")
+
+
+def chance_levels(n_candidates: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """R@k (percent) of a random ranking over `n_candidates` items: min(k, N) / N."""
+    n = max(1, int(n_candidates))
+    return {f"R@{k}": 100.0 * min(k, n) / n for k in ks}
 
 
 def _chunk_rows(n_cols: int, max_bytes: int, bytes_per_cell: int) -> int:
     return max(1, max_bytes // max(1, n_cols * bytes_per_cell))
 
 
-def _normalise(x) -> np.ndarray:
+def _normalise(x, what: str = "embeddings") -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be [n, dim], got shape {x.shape}")
+    check_finite(x, what)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
 
@@ -51,6 +77,7 @@ def retrieval_ranks(sim, target, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarr
     target = np.asarray(target, dtype=np.int64)
     if sim.ndim != 2 or target.shape != (sim.shape[0],):
         raise ValueError(f"need sim [Q, N] and target [Q]; got {sim.shape} and {target.shape}")
+    check_finite(sim, "scores")
     q, n = sim.shape
     if q and (target.min() < 0 or target.max() >= n):
         raise ValueError(f"targets must index the {n} candidates, got range [{target.min()}, {target.max()}]")
@@ -75,6 +102,7 @@ def best_positive_ranks(sim, positive, max_bytes: int = DEFAULT_MAX_BYTES) -> np
         raise ValueError(f"need sim and positive of the same [Q, N] shape; got {sim.shape}, {positive.shape}")
     if not positive.any(axis=1).all():
         raise ValueError("every query needs at least one positive")
+    check_finite(sim, "scores")
     q, n = sim.shape
     ranks = np.empty(q, dtype=np.int64)
     step = _chunk_rows(n, max_bytes, sim.itemsize + 3)  # masked scores + three bool temporaries
@@ -164,7 +192,7 @@ def retrieval_metrics(
     Returns `R@k`, `MedR`, `MeanR` averaged over subsets, each with `<key>_std`, plus `n_subsets`,
     `subset_size` (items per subset) and `n_queries` (mean queries per subset).
     """
-    queries, items = _normalise(query_emb), _normalise(item_emb)
+    queries, items = _normalise(query_emb, "query embeddings"), _normalise(item_emb, "item embeddings")
     query_item = _check_index(query_item, items.shape[0], "query_item")
     if query_item.shape[0] != queries.shape[0]:
         raise ValueError(f"{queries.shape[0]} query embeddings but {query_item.shape[0]} query targets")
@@ -198,7 +226,7 @@ def music_to_text_metrics(
     Each subset item that has at least one text queries all texts of the subset's items; its rank is
     its best positive's (worst-case ties). Same output keys as `retrieval_metrics`.
     """
-    items, texts = _normalise(item_emb), _normalise(text_emb)
+    items, texts = _normalise(item_emb, "item embeddings"), _normalise(text_emb, "text embeddings")
     text_item = _check_index(text_item, items.shape[0], "text_item")
     if text_item.shape[0] != texts.shape[0]:
         raise ValueError(f"{texts.shape[0]} text embeddings but {text_item.shape[0]} text owners")
@@ -232,7 +260,7 @@ def tag_retrieval_metrics(tag_emb, item_emb, labels) -> dict:
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    tags, items = _normalise(tag_emb), _normalise(item_emb)
+    tags, items = _normalise(tag_emb, "tag embeddings"), _normalise(item_emb, "item embeddings")
     labels = np.asarray(labels, dtype=bool)
     if labels.shape != (items.shape[0], tags.shape[0]):
         raise ValueError(f"labels must be [{items.shape[0]} items, {tags.shape[0]} tags], got {labels.shape}")

@@ -49,9 +49,10 @@ def encode_query(model, index: PairIndex, query: str) -> np.ndarray:
     if encoder.info["weights_sha256"] != enc["weights_sha256"]:
         raise UsageError(f"the text encoder loaded now ({encoder.info['source']}) differs from the one that "
                            f"built the cache (weights sha256 {enc['weights_sha256'][:12]}…); queries would not match")
-    feats, lens = encoder([query], attrs["layers"], int(attrs["max_tokens"]))
-    pad = int(attrs["max_tokens"]) - feats.shape[2]
-    feats = torch.nn.functional.pad(feats, (0, 0, 0, pad)) if pad > 0 else feats
+    # up to the encoder's own limit, not the cache's longest text; the heads take any length
+    from duetmc.featurize.text import token_limit
+
+    feats, lens = encoder([query], attrs["layers"], token_limit(attrs))
     return model.encode_text(feats.half(), lens).float().numpy()[0]
 
 

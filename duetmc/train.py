@@ -25,7 +25,7 @@ import torch
 from duetmc.checkpoint import load_checkpoint, save_checkpoint
 from duetmc.dataset import (BatchSpec, DataSpec, MemorySource, PairIndex, SamplerConfig, StreamingSource,
                             check_compatible, epoch_batches, trim_padding)
-from duetmc.heads.model import DuetHeads, HeadsConfig
+from duetmc.heads.model import DuetHeads, HeadsConfig, positional_sizes
 from duetmc.loss import contrastive_loss, swap_replacement_mask
 from duetmc.errors import PathError, UsageError
 
@@ -58,6 +58,7 @@ class TrainConfig:
     dropout: float = 0.1
     temperature: float = 0.03
     learn_temperature: bool = False
+    positions: bool = False  # learnable positions in the heads; off: the encoders' features already carry them
     # data loading
     mode: str = "auto"  # auto | memory | streaming
     memory_budget_gb: float = 8.0
@@ -103,7 +104,7 @@ def heads_config(indices: list[PairIndex], cfg: TrainConfig) -> HeadsConfig:
     return HeadsConfig(audio_dim=ad, audio_layers=al, text_dim=td, text_layers=tl, dim=cfg.dim,
                        transformer_layers=cfg.transformer_layers, heads=cfg.heads, dropout=cfg.dropout,
                        temperature=cfg.temperature, learn_temperature=cfg.learn_temperature,
-                       audio_max_tokens=at, text_max_tokens=max(ix.text_shape[1] for ix in indices))
+                       **(positional_sizes([dict(ix.text.attrs) for ix in indices], at) if cfg.positions else {}))
 
 
 def make_source(indices: list[PairIndex], cfg: TrainConfig):
@@ -224,7 +225,9 @@ def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
     sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap, shard_shuffle=mode == "streaming")
     stop = _Stop()
     handlers = {s: signal.signal(s, stop) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    from duetmc.evaluate import validate
+    from duetmc.evaluate import validate, warn_no_validation
+
+    warn_no_validation(indices)
 
     try:
         while state["epoch"] < cfg.epochs:

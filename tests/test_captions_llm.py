@@ -7,6 +7,8 @@ The server reads the tags from the prompt's last 'Tags:' line and behaves by tag
   chatty   always answers a caption that mentions none of the tags
   empty    always answers an empty caption
 otherwise it answers "A <tags> piece." (which mentions every tag).
+A translation prompt ("English: <text>", "into <Language>") is answered "[<Language>] <text>", except
+that a text containing "stubborn" comes back untranslated.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ class _Handler(BaseHTTPRequestHandler):
             prompt = body["prompt"]
         else:
             return self._send(404, b'{"error": "no such route"}')
+        english = re.findall(r"English: (.*)", prompt)
+        if english:
+            source = english[-1].strip()
+            with server.lock:
+                server.calls[f"translate {source}"] += 1
+            language = re.search(r"into (\w+)\.", json.dumps(body)).group(1)
+            return self._answer(source if "stubborn" in source else f"[{language}] {source}")
         tags = re.findall(r"Tags: (.*)", prompt)[-1].strip()
         with server.lock:
             server.calls[tags] += 1
@@ -65,7 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, b"{}")
         if "garbage" in tags:
             return self._send(200, b"<html>definitely not json")
-        text = {"chatty": "What a lovely day.", "empty": "  "}.get(tags.split(", ")[0], f"A {tags} piece.")
+        self._answer({"chatty": "What a lovely day.", "empty": "  "}.get(tags.split(", ")[0], f"A {tags} piece."))
+
+    def _answer(self, text: str):
         if self.path == "/v1/chat/completions":
             answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
         else:
@@ -210,3 +221,54 @@ def test_hf_captioner_runs_a_local_model_and_falls_back(tiny_lm):
     assert rock[0].source == "hf" and set(rock[0].text.split()) == {"rock"}
     with pytest.raises(CaptionerError, match="no such model directory"):
         HFCaptioner(HFConfig(path=tiny_lm["rock"] / "missing"))
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_translate_writes_captions_i18n_records_with_their_source_and_caches(server, tmp_path, api):
+    from duetmc.augment.pipeline import run_augment
+    from duetmc.augment.translate import LLMTranslator, parse_languages
+    from duetmc.manifest import Item
+
+    items = [Item("a", "a.wav", {"genre": ["rock"]}, ["a loud rock song"]),
+             Item("b", "b.wav", {"genre": ["jazz"]}, ["a stubborn jazz tune"]),
+             Item("c", "c.wav", {"genre": ["folk"]}, ["a folk song"], captions_i18n={"de": ["ein Volkslied"]})]
+    client = LLMCaptioner(_config(server, tmp_path, api=api))
+    result = run_augment(items, TemplateCaptioner(), n_views=0, translator=LLMTranslator(client),
+                         languages=parse_languages("de,fr"))
+    i18n = {(r.item, r.lang, r.source): r.text for r in result.records if r.kind == "caption" and r.lang != "en"}
+    assert i18n == {("a", "de", "translation"): "[German] a loud rock song",
+                    ("a", "fr", "translation"): "[French] a loud rock song",
+                    ("c", "de", "human"): "ein Volkslied",  # the dataset's own German caption is kept, not translated
+                    ("c", "fr", "translation"): "[French] a folk song"}
+    # the untranslated answer is refused (after retries) and counted, never written as a translation
+    assert result.report.translations == 3 and result.report.translations_failed == 2
+    assert not any(r.kind == "swap" and r.lang != "en" for r in result.records)
+    calls = sum(n for k, n in server.calls.items() if k.startswith("translate"))
+    again = run_augment(items, TemplateCaptioner(), n_views=0, translator=LLMTranslator(LLMCaptioner(_config(server, tmp_path, api=api))),
+                        languages=("de", "fr"))
+    assert [r.text for r in again.records] == [r.text for r in result.records]
+    # cached: only the refused ones are asked again
+    assert sum(n for k, n in server.calls.items() if k.startswith("translate")) - calls == 2 * 3
+
+
+def test_translate_cli_needs_a_server_and_known_languages(server, tmp_path):
+    from click.testing import CliRunner
+
+    from duetmc.cli import main
+    from duetmc.manifest import Item, write_manifest
+
+    write_manifest([Item("a", tmp_path / "a.wav", {"genre": ["rock"]}, ["a loud rock song"])], tmp_path / "m.jsonl")
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    args = ["augment", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "v.jsonl"), "--views", "0"]
+    res = CliRunner().invoke(main, [*args, "--translate", "de"])
+    assert res.exit_code != 0 and "--translate needs --endpoint" in res.output
+    res = CliRunner().invoke(main, [*args, "--translate", "xx", "--endpoint", "http://x/v1", "--model", "m"])
+    assert res.exit_code != 0 and "--translate takes language codes" in res.output
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    res = CliRunner().invoke(main, [*args, "--translate", "it", "--endpoint", url, "--model", "m",
+                                    "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    assert "translations (it): 1 written, 0 failed" in res.output
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert {"item": "a", "kind": "caption", "text": "[Italian] a loud rock song", "lang": "it",
+            "source": "translation"} in rows

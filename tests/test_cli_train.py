@@ -35,7 +35,7 @@ def test_train_eval_search_embed_cli(signal_cache, tmp_path):
     assert summary["status"] == "finished" and summary["epochs"] == 2
     cfg = json.loads((run / "config.json").read_text())["train"]
     assert cfg["epochs"] == 2 and cfg["batch_size"] == 16 and cfg["lr"] == 1e-3  # given options and defaults
-    results = json.loads(invoke("eval", run, "--json", "--subsets", 3))
+    results = json.loads(invoke("eval", run, "--json", "--subsets", 3, "--queries", "all"))
     res = results[0]
     assert res["split"] == "test" and res["n_items"] == 20
     for m in (res["text_to_music"]["en"], res["music_to_text"]):
@@ -78,7 +78,7 @@ def test_eval_refuses_a_cache_built_with_other_settings(signal_cache, tmp_path):
 def test_ablation_writes_table_chart_and_reuses_runs(signal_cache, tmp_path):
     out = tmp_path / "abl"
     text = invoke("ablate", "--cache", signal_cache, "--eval-cache", signal_cache, "--out", out, "--seeds", 2,
-                  "--epochs", 2, "--batch-size", 16, "--no-sweep", "--subsets", 2)
+                  "--epochs", 2, "--batch-size", 16, "--no-sweep", "--subsets", 2, "--queries", "all")
     table = (out / "table.md").read_text()
     for row in ("untrained heads", "tags only", "+ tag-to-caption", "+ View Dropout", "+ TextSwap"):
         assert f"| {row} |" in table
@@ -91,7 +91,7 @@ def test_ablation_writes_table_chart_and_reuses_runs(signal_cache, tmp_path):
     assert (swap["p_cap"], swap["views"], swap["swap"]) == (0.5, True, True)
     mtime = (out / "textswap" / "seed0" / "last.safetensors").stat().st_mtime
     invoke("ablate", "--cache", signal_cache, "--eval-cache", signal_cache, "--out", out, "--seeds", 2,
-           "--epochs", 2, "--batch-size", 16, "--no-sweep", "--subsets", 2)
+           "--epochs", 2, "--batch-size", 16, "--no-sweep", "--subsets", 2, "--queries", "all")
     assert (out / "textswap" / "seed0" / "last.safetensors").stat().st_mtime == mtime  # reused, not retrained
 
 

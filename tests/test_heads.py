@@ -160,7 +160,7 @@ def test_positional_embedding_is_optional_and_makes_order_matter():
     with_pos = Projection(10, dim=16, max_tokens=5).eval()
     assert with_pos.pos.shape == (1, 6, 16)
     assert not torch.allclose(with_pos(x), with_pos(flipped), atol=1e-4)
-    with pytest.raises(ValueError, match="max_tokens=5"):
+    with pytest.raises(ValueError, match="positions cover 5"):
         with_pos(torch.randn(2, 6, 10))
 
 

@@ -129,10 +129,10 @@ def test_training_learns_and_beats_untrained_heads(signal_cache, tmp_path):
     assert len(rows) == 25 and rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert {"train_loss", "val_loss", "val_R@10", "lr", "p_swap", "samples_per_s"} <= set(rows[0])
     model, _ = load_run(run)
-    learned = evaluate_index(model, index, EvalConfig(split="test"))["text_to_music"]["en"]
+    learned = evaluate_index(model, index, EvalConfig(split="test", queries="all"))["text_to_music"]["en"]
     untrained = train(small(signal_cache, tmp_path / "untrained", epochs=0))
     model0, _ = load_run(tmp_path / "untrained")
-    before = evaluate_index(model0, index, EvalConfig(split="test"))["text_to_music"]["en"]
+    before = evaluate_index(model0, index, EvalConfig(split="test", queries="all"))["text_to_music"]["en"]
     n_test = len(index.items("test"))
     chance = 100 * 10 / n_test
     assert untrained["epochs"] == 0

@@ -326,7 +326,12 @@ class LLMCaptioner:
         return Path(self.config.cache_dir) / key[:2] / f"{key}.json"
 
     def _caption_tags(self, tags: tuple[str, ...]) -> str | None:
-        body = self._payload(tags)
+        return self.ask(self._payload(tags), lambda text: check_caption(text, tags, self.vocab, self.config.max_chars),
+                        f"tags {', '.join(tags)!r}")
+
+    def ask(self, body: dict, check, label: str) -> str | None:
+        """The server's cleaned answer to `body` that `check` accepts (None = fine), cached on disk;
+        None after the retries. Shared by captions and translations (duetmc.augment.translate)."""
         cache = self._cache_path(body)
         if cache is not None and cache.exists():
             try:
@@ -348,7 +353,7 @@ class LLMCaptioner:
             try:
                 text = clean_generation(self._post(body))
                 answered = True
-                problem = check_caption(text, tags, self.vocab, self.config.max_chars)
+                problem = check(text)
             except urllib.error.HTTPError as exc:
                 problem = f"HTTPError: {exc}"
                 final = 400 <= exc.code < 500 and exc.code not in (408, 429)  # a bad request stays bad
@@ -362,7 +367,7 @@ class LLMCaptioner:
                 return text
             with self._lock:
                 if len(self.stats.errors) < 10:
-                    self.stats.errors.append(f"tags {', '.join(tags)!r}, attempt {attempt + 1}: {problem}")
+                    self.stats.errors.append(f"{label}, attempt {attempt + 1}: {problem}")
             if final:
                 break
         with self._lock:

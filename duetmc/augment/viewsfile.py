@@ -6,6 +6,8 @@ Written by `duetmc augment`, read by `duetmc featurize text`. Kinds:
   view     an Augmented View Dropout caption (view = 0..K-1)
   swap     a TextSwap hard negative of a tags/caption/view text (parent = that text)
   label    one tag on its own (item = ""), the query of zero-shot tag retrieval
+  probe_swap     a TextSwap variant of a test item's tags text or human caption (evaluation only)
+  probe_partial  a test item's query built from one tag category (category = it; evaluation only)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Iterable
 from duetmc.errors import DuetmcError
 
-KINDS = ("tags", "caption", "view", "swap", "label")
+KINDS = ("tags", "caption", "view", "swap", "label", "probe_swap", "probe_partial")
 
 
 class ViewsFileError(DuetmcError, ValueError):

@@ -1,8 +1,11 @@
-"""The tag vocabulary: categories, synonyms and the TextSwap dictionary (DESIGN.md §2).
+"""The tag vocabulary: categories, synonyms, relations and the TextSwap dictionary (DESIGN.md §2).
 
-One data file holds both (`duetmc/resources/tags.json`; its `about` field explains the format). A
-vocabulary answers three questions: which category a tag belongs to, what its canonical spelling is,
-and where tags are mentioned in free text (word-boundary aware, multi-word, synonyms, longest match).
+One data file holds them all (`duetmc/resources/tags.json`; its `about` field explains the format). A
+vocabulary answers four questions: which category a tag belongs to, what its canonical spelling is,
+where tags are mentioned in free text (word-boundary aware, multi-word, synonyms, longest match), and
+which tags a swap must never produce for it (`related`): its broader and narrower tags ("rock" and
+"hard rock", "drums" and "kick drum") and near-synonyms ("calm", "relaxing"), because a caption with
+those still describes the clip, and a hard negative that describes the clip is a false negative.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ class Categorised:
 class Vocabulary:
     """Tag categories with synonyms, plus the TextSwap dictionary of each swappable category."""
 
-    def __init__(self, categories: Mapping[str, Mapping[str, Sequence[str]]], swap: Mapping[str, Sequence[str]], source: str = "<memory>"):
+    def __init__(self, categories: Mapping[str, Mapping[str, Sequence[str]]], swap: Mapping[str, Sequence[str]],
+                 source: str = "<memory>", relations: Mapping[str, Mapping] | None = None):
         self.source = source
         self.categories: tuple[str, ...] = tuple(categories)
         self._tags = {c: list(tags) for c, tags in categories.items()}
@@ -88,14 +92,24 @@ class Vocabulary:
             self.swap[category] = list(dict.fromkeys(words))
         self._swap_keys = {c: [(w, normalise(w)) for w in words] for c, words in self.swap.items()}
         self._pattern = _compile(list(self._lookup))
+        self._related = _relatives(categories, relations or {}, source)
 
     @property
     def swap_categories(self) -> tuple[str, ...]:
         return tuple(c for c in self.categories if self.swap.get(c))
 
     def swap_candidates(self, category: str, exclude: set[str]) -> list[str]:
-        """The category's TextSwap dictionary without the words whose normalised form is in `exclude`."""
-        return [w for w, key in self._swap_keys.get(category, []) if key not in exclude]
+        """The category's TextSwap dictionary without the words whose normalised form is in `exclude`,
+        nor any tag related to one of them (broader, narrower, near-synonym)."""
+        banned = set(exclude).union(*(self.related(e) for e in exclude)) if exclude else set()
+        return [w for w, key in self._swap_keys.get(category, []) if key not in banned]
+
+    def related(self, tag: str) -> set[str]:
+        """Normalised canonical tags a swap of `tag` must not produce: itself, its ancestors and
+        descendants (transitively) and its near-synonyms."""
+        found = self.lookup(tag)
+        key = normalise(found[1] if found else tag)
+        return self._related.get(key, set()) | {key}
 
     def tags_of(self, category: str) -> list[str]:
         return list(self._tags.get(category, []))
@@ -163,8 +177,79 @@ class Vocabulary:
         return sorted(chosen, key=lambda m: m.start)
 
 
+def _closure(start: str, edges: Mapping[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def _relatives(categories: Mapping[str, Mapping[str, Sequence[str]]], relations: Mapping[str, Mapping],
+               source: str) -> dict[str, set[str]]:
+    """Normalised canonical tag -> ancestors, descendants and near-synonyms, from each category's
+    `broader` ({tag: [broader tags]}) and `similar` ([[tags that are never swapped for each other]])."""
+    up: dict[str, set[str]] = {}
+    down: dict[str, set[str]] = {}
+    similar: dict[str, set[str]] = {}
+    for category, rel in relations.items():
+        known = {normalise(t) for t in categories.get(category, {})}
+        where = f"{source}: category {category!r}"
+
+        def check(tag: str) -> str:
+            key = normalise(tag)
+            if key not in known:
+                raise VocabularyError(f"{where}: relation names {tag!r}, which is not a tag of this category; add it under 'tags'")
+            return key
+
+        for child, parents in rel.get("broader", {}).items():
+            for parent in parents:
+                up.setdefault(check(child), set()).add(check(parent))
+                down.setdefault(check(parent), set()).add(check(child))
+        for group in rel.get("similar", []):
+            keys = {check(t) for t in group}
+            for k in keys:
+                similar.setdefault(k, set()).update(keys - {k})
+    return {k: _closure(k, up) | _closure(k, down) | similar.get(k, set())
+            for k in set(up) | set(down) | set(similar)}
+
+
+def _parse_relations(name: str, spec: dict, source: str) -> dict:
+    where = f"{source}: category {name!r}"
+    broader, similar = spec.get("broader", {}), spec.get("similar", [])
+    if not isinstance(broader, dict) or not all(isinstance(v, list) and all(isinstance(t, str) for t in v)
+                                                for v in broader.values()):
+        raise VocabularyError(f"{where}: 'broader' must map a tag to a list of its broader tags")
+    if not isinstance(similar, list) or not all(isinstance(g, list) and all(isinstance(t, str) for t in g) for g in similar):
+        raise VocabularyError(f"{where}: 'similar' must be a list of lists of tags")
+    return {"broader": broader, "similar": similar}
+
+
+def _parse_all_relations(raw: object, source: str) -> dict[str, dict]:
+    """Each category's relations (`broader`, `similar`), validated for shape; tags are checked later."""
+    cats = raw.get("categories", {}) if isinstance(raw, dict) else {}
+    return {name: _parse_relations(name, spec, source) for name, spec in cats.items()
+            if isinstance(spec, dict) and ("broader" in spec or "similar" in spec)}
+
+
+def _merge_relations(base: dict[str, dict], user: dict[str, dict], categories: dict[str, dict[str, list[str]]]) -> dict:
+    """Base relations plus the user's, keeping only entries whose tags all still exist in their category."""
+    out: dict[str, dict] = {}
+    for name in set(base) | set(user):
+        keys = {normalise(t) for t in categories.get(name, {})}
+        ok = lambda tags: all(normalise(t) in keys for t in tags)  # noqa: E731
+        b, u = base.get(name, {}), user.get(name, {})
+        broader = {c: p for c, p in {**b.get("broader", {}), **u.get("broader", {})}.items() if ok([c, *p])}
+        similar = [g for g in [*b.get("similar", []), *u.get("similar", [])] if ok(g)]
+        out[name] = {"broader": broader, "similar": similar}
+    return out
+
+
 def _parse(raw: object, source: str) -> tuple[dict[str, dict[str, list[str]]], dict[str, list[str]]]:
-    """Validate the file format into (categories, swap dictionary)."""
+    """Validate the file format into (categories, swap dictionary); relations are read separately."""
     if not isinstance(raw, dict) or not isinstance(raw.get("categories"), dict):
         raise VocabularyError(f"{source}: expected an object with a 'categories' object (see duetmc/resources/tags.json)")
     categories: dict[str, dict[str, list[str]]] = {}
@@ -216,8 +301,10 @@ def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
         return default_vocabulary()
     raw, source = _read(Path(path))
     categories, swap = _parse(raw, source)
+    relations = _parse_all_relations(raw, source)
     if isinstance(raw, dict) and raw.get("extends") == "default":
-        base_categories, base_swap = _parse(_read(None)[0], "duetmc/resources/tags.json")
+        base_raw = _read(None)[0]
+        base_categories, base_swap = _parse(base_raw, "duetmc/resources/tags.json")
         # The user's entries win: drop default forms that the user file now assigns elsewhere.
         claimed = {normalise(f) for tags in categories.values() for t, syns in tags.items() for f in (t, *syns)}
         for name, tags in base_categories.items():
@@ -226,16 +313,17 @@ def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
             if name in base_swap and name not in swap:
                 swap[name] = [t for t in base_swap[name] if t in categories[name]]
         categories = {**{n: categories[n] for n in base_categories}, **categories}
+        relations = _merge_relations(_parse_all_relations(base_raw, "duetmc/resources/tags.json"), relations, categories)
     elif isinstance(raw, dict) and raw.get("extends") not in (None, "default"):
         raise VocabularyError(f"{source}: 'extends' may only be \"default\", got {raw['extends']!r}")
-    return Vocabulary(categories, swap, source)
+    return Vocabulary(categories, swap, source, relations)
 
 
 @functools.lru_cache(maxsize=1)
 def default_vocabulary() -> Vocabulary:
     """The packaged vocabulary, parsed once per process."""
     raw, source = _read(None)
-    return Vocabulary(*_parse(raw, source), source)
+    return Vocabulary(*_parse(raw, source), source, _parse_all_relations(raw, source))
 
 
 def warn_unknown(unknown: Sequence[str], where: str = "") -> None:

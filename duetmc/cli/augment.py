@@ -38,8 +38,13 @@ def _default_cache_dir() -> Path:
               help="llm: on-disk caption cache, so reruns cost nothing [default: $XDG_CACHE_HOME/duetmc/captions].")
 @click.option("--vocab", "vocab_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Tag vocabulary and TextSwap dictionary (JSON) replacing, or extending, the packaged one.")
+@click.option("--translate", default=None, metavar="LANGS",
+              help="Also translate the English human captions into these languages (e.g. de,fr,it,es) through the "
+                   "OpenAI-compatible server of --endpoint/--model, cached like captions; written as captions in "
+                   "those languages with source 'translation' (Table 3 queries).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_key, concurrency, timeout_s, cache_dir, vocab_path, as_json):
+def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_key, concurrency, timeout_s, cache_dir, vocab_path,
+            translate, as_json):
     """Write every text the trainer may see: tags, captions, View Dropout views and TextSwap negatives."""
 
     def run():
@@ -62,9 +67,21 @@ def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_k
             backend = cap.HFCaptioner(cap.HFConfig(path=Path(model)), vocab)
         else:
             backend = cap.TemplateCaptioner(vocab)
+        translator, languages = None, ()
+        if translate:
+            from duetmc.augment.translate import LLMTranslator, parse_languages
+
+            languages = parse_languages(translate)
+            if not endpoint or not model:
+                raise click.UsageError("--translate needs --endpoint URL and --model NAME (an OpenAI-compatible server)")
+            client = backend if isinstance(backend, cap.LLMCaptioner) else cap.LLMCaptioner(cap.LLMConfig(
+                endpoint=endpoint, model=model, api=api, concurrency=concurrency, timeout_s=timeout_s,
+                cache_dir=cache_dir or _default_cache_dir(), api_key=api_key), vocab)
+            translator = LLMTranslator(client)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run_augment(items, backend, n_views=n_views, seed=seed, vocab=vocab)
+            result = run_augment(items, backend, n_views=n_views, seed=seed, vocab=vocab, translator=translator,
+                                 languages=languages)
         _echo_warnings(caught)
         write_views(result.records, out)
         summary = {"out": str(out), "records": len(result.records), **result.report.to_json()}
@@ -80,6 +97,8 @@ def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_k
         click.echo("  captions by source: " + ", ".join(f"{k} {v}" for k, v in sorted(r.captions_by_source.items())))
         click.echo(f"  swaps made {r.swaps_made}, skipped {r.swaps_skipped} (see 'note' on the parent records)")
         click.echo(f"  unknown tags kept under 'other': {r.unknown_tags}" + (f" (e.g. {', '.join(r.unknown_examples[:5])})" if r.unknown_examples else ""))
+        if languages:
+            click.echo(f"  translations ({', '.join(languages)}): {r.translations} written, {r.translations_failed} failed")
         if r.items_without_tags:
             click.echo(f"  items without tags (human captions only): {r.items_without_tags}")
         if stats is not None:
@@ -96,9 +115,10 @@ def datasets():
 
 
 @datasets.command("import")
-@click.argument("kind", type=click.Choice(["musiccaps", "song-describer", "lp-musiccaps", "jsonl"]))
+@click.argument("kind", type=click.Choice(["musiccaps", "song-describer", "lp-musiccaps", "yt8m-mtc", "jsonl"]))
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--audio-root", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder holding the audio files.")
+@click.option("--audio-root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding the audio files (searched recursively by file name; see the names below).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Manifest to write (JSONL).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="Put every item in this split.")
 @click.option("--keep-missing", is_flag=True, help="Keep items whose audio file is not found (they are listed either way).")
@@ -109,11 +129,24 @@ def datasets():
 @click.option("--vocab", "vocab_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Tag vocabulary file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def import_(kind, src, audio_root, out, split, keep_missing, clip_files, all_captions, jamendo_tsv, vocab_path, as_json):
-    """Turn a public dataset file (MusicCaps CSV, Song Describer CSV, LP-MusicCaps-MTT, JSONL) into a manifest."""
+    """Turn a public dataset file (MusicCaps CSV, Song Describer CSV, LP-MusicCaps-MTT, YT8M-MusicTextClips CSV,
+    JSONL) into a manifest. Audio paths are written relative to the manifest's folder (or absolute), so the
+    manifest works from any working directory.
+
+    \b
+    Audio file names looked for under --audio-root (<ext>: wav, flac, mp3, ogg, opus):
+      musiccaps       <ytid>.<ext> (whole video; start/end written), or the 10 s clip as
+                      <ytid>_<start>_<end>.<ext> or <ytid>-<start>-<end>.<ext> (e.g. abc_30_40.wav)
+      song-describer  the CSV's path (xx/<track>.mp3) or xx/<track>.2min.mp3, also under audio/,
+                      or <track_id>.2min.<ext> / <track_id>.<ext> anywhere
+      lp-musiccaps    the record's path (x/<name>.mp3), <name>.<ext>, or <track_id>.<ext>
+      yt8m-mtc        <video_id>_<start>_<end>.<ext> (clip), or <video_id>.<ext> (start/end written)
+      jsonl           each row's `audio`, relative to --audio-root
+    """
 
     def run():
         from duetmc.augment.vocab import load_vocabulary
-        from duetmc.datasets import ImportOptions, import_dataset
+        from duetmc.importers import ImportOptions, import_dataset
 
         extra: dict = {}
         if clip_files:

@@ -102,31 +102,28 @@ def train_cmd(caches, weights, audio_key, text_key, config_file, out, resume, as
         sys.exit(REQUEUE_EXIT_CODE)
 
 
-def _eval_config(split, subset_size, subsets, seed, device):
+def _eval_config(split, subset_size, subsets, seed, device, queries="human"):
     from duetmc.evaluate import EvalConfig
 
-    return EvalConfig(split=split, subset_size=subset_size, n_subsets=subsets, seed=seed, device=device)
+    return EvalConfig(split=split, subset_size=subset_size, n_subsets=subsets, seed=seed, device=device,
+                      queries=queries)
+
+
+queries_option = click.option(
+    "--queries", default="human", show_default=True, type=click.Choice(["human", "all", "generated"]),
+    help="Which captions are queries: the dataset's human captions (the paper's protocol), generated ones "
+         "(template/llm/hf/fallback), or all; a split without the chosen kind is an error.")
 
 
 def _print_results(results):
     from duetmc import metrics
-    from duetmc.evaluate import table_rows
+    from duetmc.evaluate import PROBE_COLUMNS, report_lines, table_rows
 
     for res in results:
-        name = res.get("cache") or res.get("baseline")
-        click.echo(f"{name}: {res['n_items']} clips, split {res.get('split', '-')}")
-        for lang, m in res["text_to_music"].items():
-            click.echo(f"  text→music [{lang}] R@1 {m['R@1']:.1f}  R@5 {m['R@5']:.1f}  R@10 {m['R@10']:.1f}  "
-                       f"MedR {m['MedR']:.0f}  MeanR {m['MeanR']:.1f}  ({m['n_queries']:.0f} queries, "
-                       f"{m['n_subsets']} subsets of {m['subset_size']})")
-        if "music_to_text" in res:
-            m = res["music_to_text"]
-            click.echo(f"  music→text      R@1 {m['R@1']:.1f}  R@5 {m['R@5']:.1f}  R@10 {m['R@10']:.1f}  MedR {m['MedR']:.0f}")
-        if "roc_auc" in res.get("tag_retrieval", {}):
-            t = res["tag_retrieval"]
-            click.echo(f"  tag retrieval   ROC-AUC {t['roc_auc']:.3f}  PR-AUC {t['pr_auc']:.3f}  ({t['n_tags']} tags)")
+        click.echo("\n".join(report_lines(res)))
     click.echo("")
-    click.echo(metrics.markdown_table([table_rows("model", r) for r in results]))
+    click.echo(metrics.markdown_table([table_rows("model", r) for r in results],
+                                      metrics=(*metrics.RANK_METRICS, *PROBE_COLUMNS)))
 
 
 @click.command("eval")
@@ -138,15 +135,16 @@ def _print_results(results):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or checkpoints/epoch_007.")
 @click.option("--baseline", "baselines", multiple=True, type=click.Path(exists=True),
-              help="Precomputed embeddings (.npz or Zarr with audio, audio_ids, query, query_item[, query_lang]) "
-                   "scored under the same protocol.")
+              help="Another model's embeddings (.npz or Zarr with audio_ids, audio, query, query_item[, query_source, "
+                   "query_lang]; docs/PROTOCOL.md; `duetmc embed` writes one) scored under the same protocol.")
+@queries_option
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, device, as_json):
-    """Text→music retrieval (R@1/5/10, median and mean rank), music→text and tag retrieval."""
+def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, queries, device, as_json):
+    """Text→music retrieval (R@1/5/10, median and mean rank), music→text, tag retrieval and the probes."""
     from duetmc.evaluate import evaluate_embeddings, evaluate_run
 
-    cfg = _eval_config(split, subset_size, subsets, seed, device)
+    cfg = _eval_config(split, subset_size, subsets, seed, device, queries)
     results = evaluate_run(run, list(caches), cfg, checkpoint)
     results += [evaluate_embeddings(b, cfg) for b in baselines]
     (Path(run) / "eval.json").write_text(json.dumps(results, indent=2))
@@ -163,9 +161,10 @@ def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselin
 @click.option("--seeds", default=3, show_default=True)
 @click.option("--no-sweep", is_flag=True, help="Skip the p_cap sweep (Fig. 3).")
 @click.option("--subsets", default=10, show_default=True)
+@queries_option
 @click.option("--json", "as_json", is_flag=True)
 def ablate_cmd(caches, weights, audio_key, text_key, config_file, eval_caches, out, seeds, no_sweep, subsets,
-               as_json, **kw):
+               queries, as_json, **kw):
     """Table 4 (tags only; + tag-to-caption; + View Dropout; + TextSwap) and the p_cap sweep, over seeds."""
     from duetmc.ablate import AblateConfig, run_ablation
     from duetmc.evaluate import EvalConfig
@@ -173,7 +172,7 @@ def ablate_cmd(caches, weights, audio_key, text_key, config_file, eval_caches, o
 
     base = _base_config(caches, weights, audio_key, text_key, out, config_file, _overrides(kw))
     cfg = AblateConfig(base, eval_caches=list(eval_caches), seeds=seeds, p_cap_sweep=not no_sweep,
-                       eval=EvalConfig(n_subsets=subsets))
+                       eval=EvalConfig(n_subsets=subsets, queries=queries))
     result = run_ablation(cfg, progress=not as_json)
     if result.get("status") == "preempted":
         click.echo(f"pre-empted in {result['run']}; rerun the same command to continue", err=True)

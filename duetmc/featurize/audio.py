@@ -403,8 +403,8 @@ def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
             x = torch.from_numpy(np.stack([wavs[k] for k in ok])).to(config.device, dtype)
             hidden = encoder(x)[:, layers]
             feats[ok] = time_pool(hidden.float(), tokens).cpu().numpy()
-        if not np.isfinite(feats).all():
-            bad = [rows[k] for k in ok if not np.isfinite(feats[k]).all()]
+        if not np.isfinite(feats.astype(np.float16)).all():  # as stored: float16 overflow is Inf too
+            bad = [rows[k] for k in ok if not np.isfinite(feats[k].astype(np.float16)).all()]
             failed.update({r: "encoder produced NaN/Inf" for r in bad})
             feats = np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
         return feats, failed

@@ -128,6 +128,19 @@ def load_text_encoder(name: str, path: str | None = None, revision: str | None =
     return TextEncoder(name, model, tokenizer, n_layers, dim, spec.max_tokens, info)
 
 
+def token_limit(attrs: dict) -> int:
+    """The most tokens a text of this cache's encoder settings may have (not the cache's longest text).
+
+    Caches written before `token_limit` was recorded fall back to the encoder's own maximum.
+    """
+    if "token_limit" in attrs:
+        return int(attrs["token_limit"])
+    spec = TEXT_ENCODERS.get(attrs.get("encoder", {}).get("name", ""))
+    limit = spec.max_tokens if spec else int(attrs["max_tokens"])
+    cap = attrs.get("settings", {}).get("max_tokens")
+    return min(int(cap), limit) if cap else limit
+
+
 # --- records ---------------------------------------------------------------------------------
 
 
@@ -233,7 +246,7 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
                 values, dtype=object if dtype is str else dtype)
         group.attrs.update(cache_spec.provenance(settings, encoder.info, {
             "modality": "text", "layers": layers, "n_layers_encoder": encoder.n_layers, "dim": D,
-            "max_tokens": T, "rows_per_shard": rps, "batch_size": config.batch_size, "compute_dtype": config.dtype,
+            "max_tokens": T, "token_limit": int(cap), "rows_per_shard": rps, "batch_size": config.batch_size, "compute_dtype": config.dtype,
             "input": str(Path(config.input).resolve()),
             "languages": sorted({r.lang for r in records}),
         }))
@@ -256,7 +269,10 @@ def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
         out[:, :, : feats.shape[2]] = feats.cpu().numpy()
         for k, n in enumerate(lens.tolist()):  # padding positions carry no information: store zeros
             out[k, :, n:] = 0
-        return out, {}
+        # checked as stored: a finite float32 above 65504 becomes Inf in the float16 cache
+        bad = ~np.isfinite(out.astype(np.float16)).reshape(len(rows), -1).all(axis=1)
+        out[bad] = 0
+        return out, {rows[k]: "encoder output is NaN/Inf or overflows float16" for k in np.flatnonzero(bad)}
 
     summary = run_rows(
         group, cache_spec.task_shards(n_shards, task, n_tasks),

@@ -43,6 +43,15 @@ class HeadsConfig:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
 
 
+def positional_sizes(text_attrs: list[dict], audio_tokens: int) -> dict:
+    """`HeadsConfig` sizes for learnable positions, when a config asks for them (off by default,
+    see heads/projection.py): text positions cover the text encoder's own token limit recorded in
+    each cache, not the longest training text, so any text the encoder can encode fits."""
+    from duetmc.featurize.text import token_limit
+
+    return {"audio_max_tokens": audio_tokens, "text_max_tokens": max(token_limit(a) for a in text_attrs)}
+
+
 class DuetHeads(nn.Module):
     def __init__(self, config: HeadsConfig):
         super().__init__()

@@ -10,11 +10,14 @@ output. Decisions worth knowing:
   a different kernel path, in inference only, so results could depend on the batch's padding and
   on train/eval mode. It is disabled; the same item gives the same embedding (to float rounding)
   whether it sits in a padded batch or alone, with or without autograd (tested).
-- **Positions.** Off by default: the cached features are hidden states of Transformer encoders
-  (MERT, CLIP-T, mT5, MiniLM) that already carry positional information, and the paper adds none.
+- **Positions.** Off by default, for text and audio tokens alike, and off in the trainer unless
+  its config sets `positions`: the cached features are hidden states of Transformer encoders
+  (MERT, CLIP-T, mT5, MiniLM) that already carry positional information, the paper adds none, and
+  without them any length works (a model trained on short captions evaluates on long ones).
   Passing `max_tokens` adds a learnable positional embedding for the CLS slot plus `max_tokens`
-  token slots, for features that lack position (e.g. bag-like frame features); longer inputs are
-  then an error rather than silently truncated.
+  token slots; the trainer sizes it to the text encoder's own limit (`heads.model.positional_sizes`).
+  Longer inputs are then an error (runs saved with positions sized to their training texts still
+  load and work up to that size) rather than silently truncated.
 - **Feed-forward width.** `ff_dim` defaults to `4 * dim` (1024), the usual Transformer ratio; with
   torch's default of 2048 the MERT-330M + CLIP-T heads would have ~5.7M trainable weights instead of
   the paper's "about 3M".
@@ -25,6 +28,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from duetmc.errors import DuetmcError
+
+
+class PositionRangeError(DuetmcError, ValueError):
+    """An input is longer than the learnable positional embedding covers."""
 
 
 def padding_mask(lengths: torch.Tensor, n_tokens: int) -> torch.Tensor:
@@ -75,9 +84,9 @@ class Projection(nn.Module):
             )
         b, t, _ = x.shape
         if self.max_tokens is not None and t > self.max_tokens:
-            raise ValueError(
-                f"got {t} tokens but the positional embedding covers max_tokens={self.max_tokens}; "
-                "raise max_tokens in the heads config or shorten the inputs"
+            raise PositionRangeError(
+                f"got {t} tokens but these heads' learnable positions cover {self.max_tokens}; "
+                "retrain with positions off (the default) or sized to the encoder's limit"
             )
         h = self.linear(x)
         pad = None

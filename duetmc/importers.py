@@ -5,16 +5,35 @@ Each importer reads the published file with its real column names and returns th
 A bad row is skipped and listed in the report, never fatal; audio files that are not found are listed
 once, with a count, and their items are left out unless `keep_missing` is set.
 
+Audio paths are written absolute, or relative to the *manifest's* folder when the audio lies inside
+it, which is how the manifest loader reads them, whatever the working directory (the audio root is
+resolved first). Accepted audio file names (`<ext>` is one of wav, flac, mp3, ogg, opus; files are
+found anywhere under the audio root by name):
+
 Conventions:
   musiccaps      id = ytid; the clip is start_s..end_s of the file `<ytid>.<ext>` under the audio root
-                 (pass clip_files=True when the files already hold only the 10 s clip). Split: the
-                 given one, else "test" for is_audioset_eval rows and "train" for the rest.
+                 (pass clip_files=True when the files already hold only the 10 s clip). Clip files
+                 named `<ytid>_<start>_<end>.<ext>` or `<ytid>-<start>-<end>.<ext>` (seconds, e.g.
+                 `-0Gj8-vB1q4_30_40.wav`) are found too. Split: the given one, else "test" for
+                 is_audioset_eval rows and "train" for the rest.
   song-describer one item per track with all its captions. By default only captions of the valid
                  subset are kept (valid_only), and tracks go to split "test" unless a split is given
                  (the dataset is meant for evaluation). MTG-Jamendo tags come from the `genre`,
                  `instrument` and `mood/theme` columns and, when present, song_describer.mtg-jamendo.tsv.
+                 Audio: the CSV's `path` (`xx/<track>.mp3`) or its 2-minute version `xx/<track>.2min.mp3`,
+                 under the root or under `audio/`, or any `<track_id>.2min.<ext>` / `<track_id>.<ext>`.
   lp-musiccaps   LP-MusicCaps-MTT (JSON list, JSON object, JSONL or CSV): MagnaTagATune tags and the four
                  caption kinds (writing, summary, paraphrase, attribute_prediction), split from `split`.
+                 Audio: the record's `path` (MagnaTagATune's `x/<name>.mp3`), or `<stem of path>.<ext>`,
+                 or `<track_id>.<ext>`.
+  yt8m-mtc       YT8M-MusicTextClips (`train.csv`, `test.csv`): one row per caption with `video_id`, the
+                 caption in `text` (or `caption`) and, when present, the clip's `start`/`end` seconds;
+                 rows of the same clip are one item with several captions (id `<video_id>_<start>_<end>`,
+                 or `<video_id>` without times). Assumption (the public repository that reads the
+                 set names only `video_id` and `text`): `start`/`end` may be absent, and then the file
+                 holds the clip itself. Audio: `<video_id>_<start>_<end>.<ext>` (clip file, no
+                 start/end written) or `<video_id>.<ext>` (whole video, start/end written). Split: the
+                 given one, else "train"/"test" from the file name (train.csv, test.csv).
   jsonl          one JSON object per line with `audio` (relative to the audio root) and optional `id`,
                  `tags` (list or category -> list), `caption`/`captions`, `captions_i18n`, `start`, `end`,
                  `split`.
@@ -71,6 +90,8 @@ class ImportOptions:
     def __post_init__(self) -> None:
         if self.split is not None and self.split not in SPLITS:
             raise DatasetError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
+        # absolute, so the manifest writer can store paths that read back from the manifest's folder
+        object.__setattr__(self, "audio_root", Path(self.audio_root).expanduser().resolve())
 
 
 class _AudioIndex:
@@ -355,11 +376,60 @@ def import_jsonl(src: Path, options: ImportOptions) -> tuple[list[Item], ImportR
     return _finish(out, report, options, unknown), report
 
 
+def _seconds(value: object) -> float | None:
+    text = str(value if value is not None else "").strip()
+    return float(text) if text else None
+
+
+def _yt8m_clip(row: dict) -> tuple[str, float | None, float | None]:
+    """(clip id, start, end) of a YT8M-MusicTextClips row; ValueError names what is wrong."""
+    video = (row.get("video_id") or "").strip()
+    if not video:
+        raise ValueError("empty video_id")
+    start, end = _seconds(row.get("start")), _seconds(row.get("end"))
+    if (start is None) != (end is None) or (start is not None and end <= start):
+        raise ValueError(f"start/end must both be given with end after start, got {row.get('start')!r}, {row.get('end')!r}")
+    return (video if start is None else f"{video}_{start:g}_{end:g}"), start, end
+
+
+def import_yt8m_mtc(src: Path, options: ImportOptions) -> tuple[list[Item], ImportReport]:
+    src = Path(src)
+    report = ImportReport("yt8m-mtc", str(src))
+    with src.open(newline="", encoding="utf-8") as fh:
+        columns = csv.DictReader(fh).fieldnames or []
+    caption_col = "text" if "text" in columns else "caption"
+    rows = _read_csv(src, ("video_id", caption_col))
+    report.rows = len(rows)
+    split = options.split or {"train": "train", "test": "test"}.get(src.stem.lower())
+    clips: dict[str, dict] = {}
+    for line, row in rows:
+        try:
+            clip, start, end = _yt8m_clip(row)
+        except ValueError as exc:
+            report.problems.append(f"{src}:{line}: {exc}; row skipped")
+            continue
+        entry = clips.setdefault(clip, {"video": row["video_id"].strip(), "start": start, "end": end, "captions": []})
+        caption = (row.get(caption_col) or "").strip()
+        if caption and caption not in entry["captions"]:
+            entry["captions"].append(caption)
+    index = _AudioIndex(options.audio_root)
+    out: list[tuple[Item, bool]] = []
+    for clip, e in clips.items():
+        clip_file = index.find([], [clip]) if e["start"] is not None else None
+        path = clip_file or index.find([f"{e['video']}{x}" for x in AUDIO_EXTENSIONS], [e["video"]])
+        whole = clip_file is None and e["start"] is not None
+        item = Item(id=clip, audio=path or options.audio_root / f"{clip}.wav", captions=e["captions"],
+                    start=e["start"] if whole else None, end=e["end"] if whole else None, split=split)
+        out.append((item, path is not None))
+    return _finish(out, report, options, []), report
+
+
 IMPORTERS: dict[str, Callable[..., tuple[list[Item], ImportReport]]] = {
     "musiccaps": import_musiccaps,
     "song-describer": import_song_describer,
     "lp-musiccaps": import_lp_musiccaps,
     "jsonl": import_jsonl,
+    "yt8m-mtc": import_yt8m_mtc,
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from duetmc.datasets import DatasetError, ImportOptions, import_dataset, import_lp_musiccaps, import_musiccaps, import_song_describer
+from duetmc.importers import DatasetError, ImportOptions, import_dataset, import_lp_musiccaps, import_musiccaps, import_song_describer
 from duetmc.manifest import load_manifest
 
 MUSICCAPS_COLUMNS = ["ytid", "start_s", "end_s", "audioset_positive_labels", "aspect_list", "caption", "author_id",
@@ -178,3 +178,39 @@ def test_cli_datasets_import(musiccaps, tmp_path):
     assert res.exit_code == 0 and "missing audio: 1 file(s), left out" in res.output and "warning:" in res.output
     res = CliRunner().invoke(main, ["datasets", "import", "jsonl", str(src), "--audio-root", str(audio), "--out", str(out), "--clip-files"])
     assert res.exit_code != 0 and "musiccaps only" in res.output
+
+
+@pytest.mark.parametrize("kind", ["musiccaps", "yt8m-mtc"])
+def test_imported_paths_read_back_from_another_working_directory(kind, musiccaps, tmp_path, monkeypatch):
+    """`--audio-root audio --out sub/manifest.jsonl`, run from the data folder, then read from elsewhere."""
+    from duetmc.cli import main
+
+    src, _ = musiccaps  # tmp_path/audio holds the MusicCaps files
+    if kind == "yt8m-mtc":
+        src = _csv(tmp_path / "test.csv", ["video_id", "start", "end", "text"],
+                   [["vidA", 10, 20, "calm piano"], ["vidA", 10, 20, "a quiet piano piece"], ["vidB", "", "", "loud drums"]])
+        _touch(tmp_path / "audio", "clips/vidA_10_20.ogg", "vidB.wav")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["datasets", "import", kind, src.name, "--audio-root", "audio", "--out", "sub/manifest.jsonl"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "sub" / "manifest.jsonl").read_text().splitlines()]
+    assert all(Path(r["audio"]).is_absolute() or (tmp_path / "sub" / r["audio"]).is_file() for r in rows)
+    monkeypatch.chdir(tmp_path / "sub")
+    items = load_manifest(tmp_path / "sub" / "manifest.jsonl")
+    assert items and all(i.audio.is_file() for i in items)
+
+
+def test_yt8m_mtc_groups_captions_per_clip_and_reads_clip_or_whole_video_files(tmp_path):
+    from duetmc.importers import import_yt8m_mtc
+
+    src = _csv(tmp_path / "train.csv", ["video_id", "start", "end", "text"], [
+        ["vidA", 10, 20, "calm piano"], ["vidA", 10, 20, "a quiet piano piece"], ["vidA", 30, 40, "a drum solo"],
+        ["", 1, 2, "no id"], ["vidC", 20, 10, "end before start"]])
+    _touch(tmp_path / "audio", "vidA_10_20.wav", "vidA.flac")
+    items, report = import_yt8m_mtc(src, ImportOptions(audio_root=tmp_path / "audio"))
+    by_id = {i.id: i for i in items}
+    assert set(by_id) == {"vidA_10_20", "vidA_30_40"} and report.rows == 5 and len(report.problems) == 2
+    a, b = by_id["vidA_10_20"], by_id["vidA_30_40"]
+    assert a.captions == ["calm piano", "a quiet piano piece"] and a.split == "train"
+    assert a.audio.name == "vidA_10_20.wav" and (a.start, a.end) == (None, None)  # the clip file itself
+    assert b.audio.name == "vidA.flac" and (b.start, b.end) == (30.0, 40.0)  # cut from the whole video
