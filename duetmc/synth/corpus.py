@@ -347,6 +347,20 @@ def _labels(cfg: SynthConfig, stream: str, index: int, split: str, true: dict) -
                                 cfg.hard.caption_instruments)
 
 
+def plan_item(cfg: SynthConfig, stream: str, index: int) -> tuple[dict, object]:
+    """Everything item `index` of `stream` is labelled with, and its song; no audio is rendered."""
+    split = _split(cfg, stream, index)
+    spec, song_seed, pair = _song(cfg, stream, index)
+    pm = compose(spec, song_seed, cfg.seconds)
+    true = song_tags(spec, pm)
+    tags, captions = _labels(cfg, stream, index, split, true)
+    if pair is not None and differing_categories(pair.pop("_base_tags"), true) != {pair["attribute"]}:
+        pair = None  # e.g. a part fell silent: a clip, but not a clean one-attribute pair
+    labels = {"id": stream_item_id(stream, index), "split": split, "tags": tags, "captions": captions,
+              "pair": pair, "true_tags": true if cfg.hard is not None else None}
+    return labels, pm
+
+
 def _make_item(task: tuple[str, int]) -> dict:
     """Compose item `index` of `stream`, render what is missing; errors come back as data, not exceptions."""
     cfg = _CONFIG
@@ -356,16 +370,9 @@ def _make_item(task: tuple[str, int]) -> dict:
     result = {"stream": stream, "index": index, "id": iid, "audio": str(audio), "heldout_audio": None, "tags": {},
               "true_tags": None, "captions": [], "pair": None, "split": None, "rendered": False, "error": None}
     try:
-        split = _split(cfg, stream, index)
-        spec, song_seed, pair = _song(cfg, stream, index)
-        pm = compose(spec, song_seed, cfg.seconds)
-        true = song_tags(spec, pm)
-        tags, captions = _labels(cfg, stream, index, split, true)
-        if pair is not None and differing_categories(pair.pop("_base_tags"), true) != {pair["attribute"]}:
-            pair = None  # e.g. a part fell silent: a clip, but not a clean one-attribute pair
-        result.update(split=split, tags=tags, captions=captions, pair=pair,
-                      true_tags=true if cfg.hard is not None else None)
-        _render(cfg, iid, split, audio, pm, result)
+        labels, pm = plan_item(cfg, stream, index)
+        result.update(labels)
+        _render(cfg, iid, labels["split"], audio, pm, result)
     except Exception as exc:  # one bad item must not lose the others' work
         result["error"] = f"{type(exc).__name__}: {exc}"
     return result

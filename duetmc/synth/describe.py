@@ -11,6 +11,7 @@ MusicCaps and Song Describer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -31,14 +32,14 @@ GENRE_WORDS: dict[str, tuple[str, ...]] = {
     "rock": ("rock", "guitar rock", "rock band"),
     "metal": ("metal", "headbanging metal", "thrash-style metal"),
     "jazz": ("jazz", "small-combo jazz", "jazz club"),
-    "electronic": ("electronic", "club-ready electronic", "synth-driven electronic"),
+    "electronic": ("electronic", "electronica", "synth-driven electronic"),
     "classical": ("classical", "chamber-style classical", "concert-hall classical"),
     "hip-hop": ("hip-hop", "hip hop", "boom-bap"),
     "folk": ("folk", "acoustic folk", "campfire folk"),
     "reggae": ("reggae", "island reggae", "offbeat-skanking reggae"),
     "ambient": ("ambient", "drone-like ambient", "spacious ambient"),
     "blues": ("blues", "twelve-bar blues", "smoky blues"),
-    "funk": ("funk", "slap-happy funk", "tight funk"),
+    "funk": ("funk", "old-school funk", "tight funk"),
     "latin": ("latin", "salsa-flavoured latin", "latin dance"),
     "pop": ("pop", "radio pop", "catchy pop"),
     "country": ("country", "honky-tonk country", "nashville-style country"),
@@ -61,8 +62,8 @@ INSTRUMENT_WORDS: dict[str, tuple[str, ...]] = {
     "harp": ("harp", "plucked harp", "harp glissandi"),
     "strings": ("strings", "a string section", "lush strings"),
     "choir": ("choir", "wordless choir", "choral aahs"),
-    "trumpet": ("trumpet", "a bright trumpet", "horn lines on trumpet"),
-    "brass": ("brass", "a brass section", "punchy horns"),
+    "trumpet": ("trumpet", "a solo trumpet", "trumpet lines"),
+    "brass": ("brass", "a brass section", "a horn section"),
     "saxophone": ("saxophone", "sax", "a breathy alto sax"),
     "clarinet": ("clarinet", "a woody clarinet", "clarinet lines"),
     "flute": ("flute", "an airy flute", "flute melodies"),
@@ -127,7 +128,7 @@ def _casual(f: _Facts) -> str:
 def _reviewer(f: _Facts) -> str:
     text = f"The recording presents {_article(f.piece())}"
     if f.instruments:
-        verb = "carries" if len(f.instruments) == 1 else "carry"
+        verb = "carries" if len(f.instruments) == 1 and not f.instruments[0].endswith("s") else "carry"
         text += f", where {_join(f.instruments)} {verb} the arrangement"
     text += "."
     if f.tempo:
@@ -165,13 +166,26 @@ def human_captions(tags: Mapping[str, Sequence[str]], rng: np.random.Generator, 
     return out
 
 
-def mentioned_tags(caption: str, tags: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Which of `tags` a caption mentions by one of their paraphrases (for tests and reports)."""
-    low = caption.lower()
-    tables = {"mood": MOOD_WORDS, "genre": GENRE_WORDS, "instrument": INSTRUMENT_WORDS, "tempo": TEMPO_WORDS}
-    out: dict[str, list[str]] = {}
-    for cat, table in tables.items():
-        hits = [t for t in tags.get(cat, []) if any(w.lower() in low for w in table.get(t, ()))]
-        if hits:
-            out[cat] = hits
+_TABLES = {"mood": MOOD_WORDS, "genre": GENRE_WORDS, "instrument": INSTRUMENT_WORDS, "tempo": TEMPO_WORDS}
+
+
+def _phrase_pattern() -> re.Pattern:
+    phrases = sorted({w for table in _TABLES.values() for ws in table.values() for w in ws}, key=len, reverse=True)
+    return re.compile(r"(?<![\w-])(" + "|".join(re.escape(p) for p in phrases) + r")(?![\w-])", re.IGNORECASE)
+
+
+_PHRASES = _phrase_pattern()
+_TAG_OF = {(w.lower()): (cat, tag) for cat, table in _TABLES.items() for tag, ws in table.items() for w in ws}
+_KEY = re.compile(r"\b([A-G][b#]?) (major|minor)\b")
+
+
+def facts_in(caption: str) -> dict[str, set[str]]:
+    """The tags a caption states, read back through the paraphrase tables (longest phrase first)
+    and key names: what a test checks against the clip's true tags."""
+    out: dict[str, set[str]] = {}
+    for m in _PHRASES.finditer(caption):
+        cat, tag = _TAG_OF[m.group(1).lower()]
+        out.setdefault(cat, set()).add(tag)
+    for m in _KEY.finditer(caption):
+        out.setdefault("key", set()).add(f"{m.group(1)} {m.group(2)}")
     return out
