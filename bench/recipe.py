@@ -1,4 +1,4 @@
-"""Benchmark 9: the Table 4 recipe on the hard synthetic corpus, with intervals and a power statement.
+"""Benchmark 8: the Table 4 recipe on the hard synthetic corpus, with intervals and a power statement.
 
   synth --preset bench (FluidR3 GM; test clips also in TimGM6mb) -> augment (template tag-to-caption
   for training clips; val/test keep only their human-style captions) -> featurize -> duetmc.ablate
