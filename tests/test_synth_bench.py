@@ -167,3 +167,21 @@ def test_bench_corpus_end_to_end(tmp_path):
                         hard=HardConfig(noise=TagNoise(p_wrong=0.2)))
     with pytest.raises(SynthError, match="hard"):
         synth_corpus(other, progress=False)
+
+
+@needs_soundfonts
+@pytest.mark.slow
+def test_cli_bench_preset(tmp_path):
+    from click.testing import CliRunner
+
+    from duetmc.cli import main
+
+    out = tmp_path / "c"
+    res = CliRunner().invoke(main, ["synth", "--preset", "bench", "--items", "2", "--test-items", "1",
+                                    "--seconds", "0.5", "--workers", "1", "--no-heldout-soundfont", "--out", str(out),
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["n_items"] == 3 and report["splits"]["test"] == 1 and report["heldout_manifest"] is None
+    config = json.loads((out / "synth_config.json").read_text())
+    assert config["hard"]["noise"]["p_wrong"] == 0.05 and config["test_items"] == 1
