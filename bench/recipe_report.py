@@ -69,14 +69,54 @@ def _plt():
     return plt
 
 
+def _flatten(value, prefix: str = "") -> dict[str, float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {prefix: float(value)}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {}
+
+
+def probe_means(summary: dict, dataset: str) -> dict[str, dict[str, float]]:
+    """config -> probe metric -> mean over seeds, from whatever numbers the evaluator's probes hold."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for name, probes in summary.get("probes", {}).get(dataset, {}).items():
+        config = name.rsplit(" / seed", 1)[0]
+        for metric, v in _flatten(probes).items():
+            acc.setdefault(config, {}).setdefault(metric, []).append(v)
+    return {c: {m: float(np.mean(v)) for m, v in ms.items()} for c, ms in acc.items()}
+
+
+def _probe_panel(ax, summary: dict, configs: list[str]) -> None:
+    dataset = summary["table"][0]["dataset"]
+    means = probe_means(summary, dataset)
+    metrics = sorted({m for ms in means.values() for m in ms})
+    width = 0.8 / max(1, len(metrics))
+    for j, m in enumerate(metrics):
+        ax.bar(np.arange(len(configs)) + j * width, [means.get(c, {}).get(m, np.nan) for c in configs], width, label=m)
+    ax.set_xticks(np.arange(len(configs)) + width * (len(metrics) - 1) / 2)
+    ax.set_xticklabels(configs, rotation=20, ha="right")
+    ax.set(title=f"Probes, {dataset} (mean over seeds)")
+    ax.legend(fontsize=7)
+
+
 def recipe_bars(summary: dict, path: Path) -> Path:
-    """R@10 per configuration and test set with bootstrap 95 % CIs, and the chance level."""
+    """R@10 per configuration and test set with bootstrap 95 % CIs and the chance level; the probes
+    in a panel beside it when the evaluator reports them."""
     plt = _plt()
     rows = summary["table"]
     configs = list(dict.fromkeys(r["config"] for r in rows))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     width = 0.8 / max(1, len(datasets))
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(configs)), 4))
+    probes = summary.get("probes_available")
+    fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(max(6, 1.4 * len(configs)) * (2 if probes else 1), 4),
+                             squeeze=False)
+    ax = axes[0][0]
+    if probes:
+        _probe_panel(axes[0][1], summary, configs)
     for j, d in enumerate(datasets):
         sel = [next(r for r in rows if r["config"] == c and r["dataset"] == d) for c in configs]
         mid = np.array([r["R@10_query_mean"] for r in sel])
