@@ -13,7 +13,7 @@ from typing import Iterable
 from duetmc.errors import DuetmcError
 
 SPLITS = ("train", "val", "test")
-_FIELDS = {"id", "audio", "start", "end", "tags", "captions", "captions_i18n", "split"}
+_FIELDS = {"id", "audio", "start", "end", "tags", "captions", "captions_i18n", "split", "true_tags"}
 
 
 class ManifestError(DuetmcError, ValueError):
@@ -30,6 +30,8 @@ class Item:
     start: float | None = None
     end: float | None = None
     split: str | None = None
+    # the complete, correct tags where `tags` are partial or noisy (synthetic benchmarks); never trained on
+    true_tags: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self, relative_to: Path | None = None) -> dict:
         audio = self.audio
@@ -52,6 +54,8 @@ class Item:
             row["captions_i18n"] = self.captions_i18n
         if self.split is not None:
             row["split"] = self.split
+        if self.true_tags:
+            row["true_tags"] = self.true_tags
         return row
 
 
@@ -100,6 +104,7 @@ def parse_row(row: object, where: str, base: Path) -> Item:
         start=None if start is None else float(start),
         end=None if end is None else float(end),
         split=split,
+        true_tags=_str_list_dict(row.get("true_tags", {}), f"{where}: field 'true_tags'"),
     )
 
 
