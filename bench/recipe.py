@@ -35,7 +35,7 @@ from duetmc import stats  # noqa: E402
 STEPS = [("untrained heads", "tags only"), ("tags only", "+ tag-to-caption"), ("+ tag-to-caption", "+ View Dropout"),
          ("+ View Dropout", "+ TextSwap"), ("tags only", "+ TextSwap")]
 DATASETS = ("test (FluidR3)", "test (TimGM6mb)")
-PROBE_KEYS = ("probes", "swap_accuracy", "partial_query")  # what the evaluator may add (issue 11)
+PROBE_KEYS = ("probes",)  # the evaluator's swap-accuracy and partial-query probes (docs/PROTOCOL.md)
 # The paper's 100-epoch schedule (5 warm-up, TextSwap 5 + 20) at a fifth of the length, as in the quickstart.
 TRAIN = dict(epochs=20, batch_size=128, warmup_epochs=2, swap_warmup_epochs=2, swap_ramp_epochs=8, patience=1000)
 SCALES: dict[str, dict] = {
@@ -98,24 +98,12 @@ def _claim(cfg: RecipeConfig) -> Path:
 
 
 def recipe_views(items, n_views: int, seed: int = 0):
-    """Training clips get every text the recipe trains on; val and test clips keep their tags text and
-    human captions (the queries) with their TextSwap variants, so no generated caption becomes a query."""
+    """Training clips get every text the recipe trains on; val and test clips keep their queries (human
+    captions), their TextSwap variants and the probes, so no generated caption becomes a query."""
     from duetmc.augment.captions import TemplateCaptioner
-    from duetmc.augment.pipeline import run_augment
+    from duetmc.augment.pipeline import keep_queries_for_evaluation, run_augment
 
-    result = run_augment(items, TemplateCaptioner(), n_views=n_views, seed=seed)
-    train = {it.id for it in items if it.split == "train"}
-    kept, out = set(), []
-    for r in result.records:
-        if r.kind == "swap":
-            if (r.item, r.parent) in kept:
-                out.append(r)
-            continue
-        if r.item and r.item not in train and (r.kind == "view" or (r.kind == "caption" and r.source != "human")):
-            continue
-        kept.add((r.item, r.text))
-        out.append(r)
-    return out
+    return keep_queries_for_evaluation(run_augment(items, TemplateCaptioner(), n_views=n_views, seed=seed).records, items)
 
 
 def _complete(cache: Path, modality: str) -> bool:

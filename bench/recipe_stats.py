@@ -31,8 +31,9 @@ def query_scores(model, index: PairIndex, cfg: EvalConfig, source=None, d: int =
     try:
         items = index.items(cfg.split)
         item_emb = embed_items(model, source, d, index, items)
-        q = queries(index, items)
-        rows, targets = q.get("en") or q.get("tags") or next(iter(q.values()))
+        q = queries(index, items, getattr(cfg, "queries", "human"))
+        chosen = q.get("en") or q.get("tags") or next(iter(q.values()))
+        rows, targets = chosen.rows, chosen.targets
         q_emb = embed_texts(model, source, d, rows)
     finally:
         if own:

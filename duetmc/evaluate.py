@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from duetmc import metrics
+from duetmc.augment.viewsfile import GENERATED_SOURCES, HUMAN_SOURCES
 from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource, trim_padding
 from duetmc.heads.model import DuetHeads
 from duetmc.loss import contrastive_loss
@@ -57,11 +58,6 @@ def embed_texts(model: DuetHeads, source, d: int, rows: np.ndarray, batch: int =
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
 
 
-# Who wrote a caption (the `source` of its record). Human captions come from the manifest or the
-# imported dataset; a translation of a human caption counts as human in its language (the paper's
-# Table 3 queries are translated captions). Generated captions are training data.
-HUMAN_SOURCES = frozenset({"human", "translation"})
-GENERATED_SOURCES = frozenset({"template", "llm", "hf", "fallback"})
 QUERY_CHOICES = ("human", "all", "generated")
 PROBE_KINDS = ("probe_swap", "probe_partial")  # evaluation-only records; the trainer never samples them
 

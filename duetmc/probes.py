@@ -21,9 +21,10 @@ from typing import Callable
 import numpy as np
 
 from duetmc import metrics
+from duetmc.augment.viewsfile import HUMAN_SOURCES
 
 SWAP_PARENT_KINDS = ("tags", "caption")
-PARENT_SOURCES = ("human", "translation")
+PARENT_SOURCES = tuple(sorted(HUMAN_SOURCES))
 
 
 def _swap_groups(rec: dict, position: np.ndarray) -> tuple[str, dict]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from duetmc.augment.captions import CaptionRequest, Captioner
 from duetmc.augment.swap import text_swaps
 from duetmc.augment.views import ViewConfig, draw_views
-from duetmc.augment.viewsfile import TextRecord
+from duetmc.augment.viewsfile import HUMAN_SOURCES, TextRecord
 from duetmc.augment.vocab import Vocabulary, default_vocabulary, warn_unknown
 from duetmc.manifest import Item
 
@@ -183,6 +183,25 @@ def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, 
     report.captions_by_source = dict(Counter(r.source for r in records if r.kind in ("caption", "view")))
     report.translations = report.captions_by_source.get("translation", 0)
     return AugmentResult(records, report)
+
+
+def keep_queries_for_evaluation(records: Sequence[TextRecord], items: Sequence[Item]) -> list[TextRecord]:
+    """Training clips keep every text; val and test clips keep their tags text, their human captions
+    (and translations of them: the queries), those texts' swaps and the probes, so no generated caption
+    becomes a query and no featurizing is spent on texts evaluation never reads."""
+    train = {it.id for it in items if it.split == "train"}
+    kept: set[tuple[str, str]] = set()
+    out: list[TextRecord] = []
+    for r in records:
+        if r.kind == "swap":
+            if r.item in train or (r.item, r.parent) in kept:
+                out.append(r)
+            continue
+        if r.item and r.item not in train and (r.kind == "view" or (r.kind == "caption" and r.source not in HUMAN_SOURCES)):
+            continue
+        kept.add((r.item, r.text))
+        out.append(r)
+    return out
 
 
 def augment_items(items: Sequence[Item], captioner: Captioner, n_views: int = 10, seed: int = 0, vocab: Vocabulary | None = None) -> list[TextRecord]:

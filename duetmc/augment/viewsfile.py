@@ -19,6 +19,11 @@ from typing import Iterable
 from duetmc.errors import DuetmcError
 
 KINDS = ("tags", "caption", "view", "swap", "label", "probe_swap", "probe_partial")
+# Who wrote a caption (a record's `source`). Human captions come from the manifest or the imported
+# dataset; a translation of a human caption counts as human in its language (the paper's Table 3
+# queries are translated captions). Generated captions are training data only.
+HUMAN_SOURCES = frozenset({"human", "translation"})
+GENERATED_SOURCES = frozenset({"template", "llm", "hf", "fallback"})
 
 
 class ViewsFileError(DuetmcError, ValueError):
