@@ -426,6 +426,9 @@ def cache_info(url: str) -> dict:
     """Groups, encoders, item counts, shapes, bytes on disk and provenance, as a JSON-able dict."""
     root = open_root(url)
     out = {"cache": str(url), "spec_version": root.attrs.get("duetmc_spec_version"), "groups": []}
+    layered = isinstance(root, LayeredRoot)
+    if layered:
+        out["bases"] = root.bases
     for modality, key, group in iter_groups(root):
         st = group_status(group, modality, key)
         arrays = {name: arr for name, arr in group.arrays()}
@@ -441,6 +444,7 @@ def cache_info(url: str) -> dict:
             "bytes_on_disk": int(sum(a.nbytes_stored() for a in arrays.values())),
             "failures": [list(f) for f in st.failures[:20]],
             "provenance": attrs,
+            "source": root.source_of(f"{modality}/{key}") if layered else None,
         })
     return out
 
