@@ -270,7 +270,8 @@ def _wanted(modality: str, key: str, groups: list[str] | None) -> bool:
 def copy_cache(src: str, dst: str, split: str | None = None, items: set[str] | None = None,
                layers: list[int] | None = None, groups: list[str] | None = None) -> dict:
     """Copy the cache `src` (an overlay comes out flat) into the new cache `dst`, optionally only
-    the clips of one split or id list, some hidden-state layers, or some groups."""
+    the clips of one split or id list (with their texts), some audio hidden-state layers (the stored
+    layer numbers, e.g. MERT's 6..12), or some groups."""
     root = cache_spec.open_root(src)
     chosen = _selected_items(root, split, items, src)
     selection = {"split": split, "items": None if items is None else len(items), "layers": layers, "groups": groups}
@@ -283,7 +284,7 @@ def copy_cache(src: str, dst: str, split: str | None = None, items: set[str] | N
     written = []
     for modality, key, group in todo:
         write = write_audio if modality == "audio" else write_text
-        g = write(out, [_part(url, group, modality, chosen)], layers, selection)
+        g = write(out, [_part(url, group, modality, chosen)], layers if modality == "audio" else None, selection)
         written.append({"from": f"{modality}/{key}", "to": g.path, "rows": int(g["done"].shape[0])})
     return {"source": url, "cache": absolute_url(dst), "groups": written}
 

@@ -184,3 +184,114 @@ def test_a_base_that_grew_after_the_overlay_is_reported(lab, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cache_spec.open_root(str(tmp_path / "o.zarr"))
+
+
+# --- 3: copy a subset for a colleague, merge caches of different clips --------------------------
+
+
+def _features_by_id(cache, text_key=None) -> dict[str, np.ndarray]:
+    root = cache_spec.open_root(str(cache))
+    g = root["audio"][cache_spec.list_groups(root, "audio")[0]]
+    ids, item_rows, feats = cache_spec.read_strings(g["ids"]), np.asarray(g["item_rows"][:]), g["features"][:]
+    return {str(i): feats[s:s + n] for i, (s, n) in zip(ids, item_rows)}
+
+
+def test_copy_of_the_test_split_and_two_layers_trains_and_keeps_provenance(lab, bens, tmp_path):
+    from duetmc.cache_ops import copy_cache
+    from duetmc.dataset import PairIndex, resolve_spec
+
+    out = copy_cache(str(bens), str(tmp_path / "test.zarr"), split="test", layers=[1, 2])
+    assert [g["to"] for g in out["groups"]] == ["audio/tiny-audio.w2.h2.t2.l1-2", "text/tiny-text.l-1",
+                                                "text/tiny-text.l-1.s-mine"]
+    root = cache_spec.open_root(str(tmp_path / "test.zarr"))
+    a = root["audio/tiny-audio.w2.h2.t2.l1-2"]
+    src = cache_spec.open_root(str(lab["cache"]))["audio/tiny-audio.w2.h2.t2.lall"]
+    assert a.attrs["encoder"] == src.attrs["encoder"] and a.attrs["layers"] == [1, 2]
+    assert a.attrs["derived_from"]["sources"][0]["cache"] == str(bens)
+    assert a.attrs["derived_from"]["selection"]["split"] == "test"
+    full, part = _features_by_id(lab["cache"]), _features_by_id(tmp_path / "test.zarr")
+    test_ids = sorted(i.id for i in lab["items"] if i.split == "test")
+    assert sorted(part) == test_ids
+    for i in test_ids:
+        np.testing.assert_array_equal(part[i], full[i][:, 1:3])
+    index = PairIndex(resolve_spec(str(tmp_path / "test.zarr"), text_key="mine"))
+    assert index.usable.all() and set(index.split) == {"test"} and len(index.queries["en"]) > 0
+    assert cache_spec.validate_cache(str(tmp_path / "test.zarr")) == []
+    with pytest.raises(UsageError, match=r"--layers \[7\] are not stored; it holds layers \[0, 1, 2\]"):
+        copy_cache(str(lab["cache"]), str(tmp_path / "x.zarr"), layers=[7])
+
+
+def test_merge_of_two_halves_equals_the_whole_and_clashes_are_named(lab, tmp_path):
+    from duetmc.cache_ops import copy_cache, merge_caches
+
+    ids = [i.id for i in lab["items"]]
+    for name, half in (("a", ids[:10]), ("b", ids[10:])):
+        copy_cache(str(lab["cache"]), str(tmp_path / f"{name}.zarr"), items=set(half))
+    merge_caches([str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")], str(tmp_path / "ab.zarr"))
+    whole, merged = _features_by_id(lab["cache"]), _features_by_id(tmp_path / "ab.zarr")
+    assert sorted(merged) == sorted(whole)
+    for i in whole:
+        np.testing.assert_array_equal(merged[i], whole[i])
+    t_whole = cache_spec.open_root(str(lab["cache"]))["text/tiny-text.l-1"]
+    t_merged = cache_spec.open_root(str(tmp_path / "ab.zarr"))["text/tiny-text.l-1"]
+    assert sorted(cache_spec.read_strings(t_merged["texts"])) == sorted(cache_spec.read_strings(t_whole["texts"]))
+    assert len(t_merged.attrs["derived_from"]["selection"]["merge"]) == 2
+    copy_cache(str(lab["cache"]), str(tmp_path / "c.zarr"), items=set(ids[8:12]))
+    with pytest.raises(CacheError, match=r"2 item ids occur in more than one input \(clip008, clip009\)"):
+        merge_caches([str(tmp_path / "a.zarr"), str(tmp_path / "c.zarr")], str(tmp_path / "bad.zarr"))
+
+
+def test_merge_refuses_other_weights(lab, tmp_path):
+    from duetmc.cache_ops import copy_cache, merge_caches
+
+    copy_cache(str(lab["cache"]), str(tmp_path / "a.zarr"), items={"clip000"})
+    copy_cache(str(lab["cache"]), str(tmp_path / "b.zarr"), items={"clip001"})
+    g = zarr.open_group(str(tmp_path / "b.zarr" / "audio" / "tiny-audio.w2.h2.t2.lall"), mode="a")
+    g.attrs["encoder"] = dict(g.attrs["encoder"], weights_sha256="0" * 64)
+    with pytest.raises(CacheError, match=r"were made differently \(encoder weights_sha256"):
+        merge_caches([str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")], str(tmp_path / "ab.zarr"))
+
+
+# --- 4 + 5: a catalog, and a flipped byte in a copy found and named ------------------------------
+
+
+def test_ls_lists_every_cache_with_owner_size_and_completeness(lab, bens):
+    from duetmc.cache_ops import list_caches
+
+    caches = {Path(c["cache"]).name: c for c in list_caches(str(lab["root"].parent))}
+    assert {"lab.zarr", "mine.zarr"} <= set(caches)
+    lab_entry = caches["lab.zarr"]
+    assert lab_entry["owner"] == "root" if os.getuid() == 0 else lab_entry["owner"]
+    assert lab_entry["bytes"] > 0 and lab_entry["created"]
+    audio = next(g for g in lab_entry["groups"] if g["group"].startswith("audio/"))
+    assert (audio["encoder"], audio["items"], audio["items_done"], audio["complete"]) == ("tiny-audio", 24, 24, True)
+    assert caches["mine.zarr"]["bases"] == [str(lab["cache"])]
+    assert [g["text_set"] for g in caches["mine.zarr"]["groups"]] == ["mine"]
+    res = run_cli("cache", "ls", lab["root"].parent, "--json")
+    assert res.returncode == 0 and len(json.loads(res.stdout)) >= 2
+
+
+def test_verify_names_the_shard_rows_and_items_of_a_flipped_byte(lab, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(lab["cache"], copy)
+    ok = run_cli("cache", "verify", copy, "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(ok.stdout)
+    assert all(g["manifest"] and g["files"] > 0 for g in report["groups"])
+    shard = copy / "audio" / "tiny-audio.w2.h2.t2.lall" / "features" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    res = run_cli("cache", "verify", copy, "--json")
+    assert res.returncode == 1
+    [damage] = json.loads(res.stdout)["damage"]
+    assert (damage["array"], damage["file"], damage["rows"]) == ("features", "features/c/1/0/0/0", [8, 16])
+    assert damage["items"] == [f"clip{i:03d}" for i in range(8, 16)]
+    assert "sha256 differs" in damage["reason"]
+    # without the manifest the chunk's CRC32C still finds it
+    g = zarr.open_group(str(copy / "audio" / "tiny-audio.w2.h2.t2.lall"), mode="a")
+    del g.attrs["checksums"]
+    from duetmc.cache_integrity import verify_cache
+
+    [damage] = verify_cache(str(copy))["damage"]
+    assert damage["file"] == "features/c/1/0/0/0" and "unreadable" in damage["reason"]

@@ -128,7 +128,7 @@ def _layer_range(value: str | None):
 @click.option("--split", default=None, help="Only the clips of this split (and their texts).")
 @click.option("--items", "items_file", type=click.Path(exists=True, dir_okay=False),
               help="Only these clip ids (one per line).")
-@click.option("--layers", default=None, help="Only these stored hidden-state layers, e.g. 6-12 or 0,6,12.")
+@click.option("--layers", default=None, help="Only these stored audio hidden-state layers, e.g. 6-12 or 0,6,12.")
 @click.option("--groups", default=None, help="Comma-separated groups (audio/KEY, text/KEY or KEY) [default: all].")
 @GROUP_WRITABLE
 @click.option("--json", "as_json", is_flag=True)
