@@ -165,7 +165,7 @@ def task_shards(n_shards: int, task: int, n_tasks: int) -> list[int]:
 # --- opening ---------------------------------------------------------------------------------
 
 
-REMOTE_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
+REMOTE_EXTRAS = {"s3": "s3", "s3a": "s3", "http": "http", "https": "http"}  # scheme -> pyproject extra
 
 
 def is_remote(url: str) -> bool:
@@ -184,12 +184,17 @@ def _open_group(url: str, mode: str) -> zarr.Group:
         raise CacheError(f"{url}: a cache served over HTTP is read-only; write into a local overlay "
                          f"(`duetmc cache overlay MINE --base {url}`) and use --cache MINE")
     try:
+        if str(url).startswith(("http://", "https://")):
+            from duetmc.remote import http_store  # any static server, with or without Range support
+
+            return zarr.open_group(store=http_store(str(url)), mode="r")
         return zarr.open_group(store=str(url), mode=mode)
     except ImportError as exc:  # fsspec's protocol packages are optional extras
         scheme = str(url).split("://", 1)[0]
-        extra = REMOTE_EXTRAS.get(scheme, scheme)
-        raise CacheError(f"{url}: reading {scheme}:// needs an extra package ({exc}); "
-                         f"install it with `pip install 'duetmc[{extra}]'`") from None
+        fix = (f"pip install 'duetmc[{REMOTE_EXTRAS[scheme]}]'" if scheme in REMOTE_EXTRAS
+               else f"install fsspec's package for {scheme}://")
+        raise CacheError(f"{url}: reading {scheme}:// needs a package that is not installed "
+                         f"({' '.join(str(exc).split())}); {fix}") from None
     except (FileNotFoundError, zarr.errors.NodeNotFoundError):
         raise CacheError(f"{url}: no cache here; create one with `duetmc featurize audio|text ... --cache {url}`") from None
     except PermissionError as exc:

@@ -295,3 +295,136 @@ def test_verify_names_the_shard_rows_and_items_of_a_flipped_byte(lab, tmp_path):
 
     [damage] = verify_cache(str(copy))["damage"]
     assert damage["file"] == "features/c/1/0/0/0" and "unreadable" in damage["reason"]
+
+
+# --- 6: a cache served over HTTP by a plain static file server ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(lab):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(lab["root"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/shared/lab.zarr"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/zarr.json", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait()
+
+
+def test_a_cache_over_http_reads_for_info_validate_train_and_eval(lab, served, tmp_path):
+    from duetmc.dataset import resolve_spec
+    from duetmc.evaluate import EvalConfig, evaluate_run
+    from duetmc.train import TrainConfig, train
+
+    info = run_cli("cache", "info", served, "--json")
+    assert info.returncode == 0, info.stderr
+    groups = {g["key"]: g for g in json.loads(info.stdout)["groups"]}
+    assert groups["tiny-audio.w2.h2.t2.lall"]["items_done"] == 24
+    assert cache_spec.validate_cache(served) == []
+    run = tmp_path / "run"
+    train(TrainConfig(data=[resolve_spec(served)], out=str(run), epochs=1, batch_size=8, progress=False, plots=False))
+    [remote] = evaluate_run(run, [served], EvalConfig())
+    [local] = evaluate_run(run, [str(lab["cache"])], EvalConfig())
+    assert remote["text_to_music"] == local["text_to_music"]
+    # an overlay on the web-served cache takes a user's texts locally
+    from duetmc.cache_ops import create_overlay
+
+    create_overlay(str(tmp_path / "o.zarr"), [served])
+    assert featurize_text(lab["root"] / "mine.jsonl", tmp_path / "o.zarr").done > 0
+    res = run_cli("featurize", "text", lab["root"] / "mine.jsonl", "--cache", served, "--encoder", "tiny-text")
+    assert res.returncode == 2 and "read-only" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_a_missing_remote_extra_is_one_line():
+    pytest.importorskip("zarr")
+    try:
+        import s3fs  # noqa: F401
+        pytest.skip("s3fs is installed")
+    except ImportError:
+        pass
+    res = run_cli("cache", "info", "s3://lab-bucket/lab.zarr")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "pip install 'duetmc[s3]'" in res.stderr
+
+
+# --- 7: files a lab group can share --------------------------------------------------------------
+
+
+def test_group_writable_caches_whatever_the_umask(lab, tmp_path):
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        res = run_cli("cache", "copy", lab["cache"], tmp_path / "g.zarr", "--items", _ids_file(tmp_path, ["clip001"]),
+                      "--group-writable")
+        assert res.returncode == 0, res.stderr
+        res = run_cli("cache", "copy", lab["cache"], tmp_path / "r.zarr", "--items", _ids_file(tmp_path, ["clip001"]))
+        assert res.returncode == 0, res.stderr
+    finally:
+        os.umask(old)
+    for name, want, unwanted in (("g.zarr", stat.S_IRGRP | stat.S_IWGRP, 0), ("r.zarr", stat.S_IRGRP, stat.S_IWGRP)):
+        for d, _, files in os.walk(tmp_path / name):
+            for f in [d] + [os.path.join(d, f) for f in files]:
+                mode = os.stat(f).st_mode
+                assert mode & want == want and not mode & unwanted, (f, oct(mode))
+                if os.path.isdir(f) and name == "g.zarr":
+                    assert mode & stat.S_ISGID
+
+
+def _ids_file(tmp_path, ids):
+    p = tmp_path / "ids.txt"
+    p.write_text("\n".join(ids) + "\n")
+    return p
+
+
+# --- 8: readers keep working while a featurizer appends --------------------------------------------
+
+READER = """
+import sys, numpy as np
+from duetmc.dataset import PairIndex, resolve_spec
+from duetmc import cache_spec
+cache, stop = sys.argv[1], sys.argv[2]
+import os
+reads = 0
+while not os.path.exists(stop) or reads < 3:
+    index = PairIndex(resolve_spec(cache))
+    g = cache_spec.open_root(cache)["audio"]["tiny-audio.w2.h2.t2.lall"]
+    done = np.asarray(g["done"][:], dtype=bool)
+    feats = g["features"][:]
+    assert np.isfinite(feats).all()
+    assert (np.abs(feats[done]).reshape(done.sum(), -1).sum(1) > 0).all(), "a done row reads as zeros"
+    reads += 1
+print(reads, int(index.usable.sum()))
+"""
+
+
+def test_readers_keep_working_while_a_featurizer_appends(lab, tmp_path):
+    cache = tmp_path / "growing.zarr"
+    featurize_audio(lab["root"] / "manifest.jsonl", cache, shard="0/3")
+    featurize_text(lab["root"] / "views.jsonl", cache)
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(cache), str(stop)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        writer = run_cli("featurize", "audio", lab["root"] / "manifest.jsonl", "--cache", cache, "--encoder",
+                         "tiny-audio", "--window", "2", "--tokens", "2", "--rows-per-shard", "8", "--json")
+        assert writer.returncode == 0, writer.stderr
+        assert json.loads(writer.stdout)["done"] == 16
+    finally:
+        stop.touch()
+        out, err = reader.communicate(timeout=300)
+    assert reader.returncode == 0, err
+    reads, usable = map(int, out.split())
+    assert reads >= 3 and 8 <= usable <= 24
