@@ -365,6 +365,17 @@ def provenance(settings, encoder_info: dict, extra: dict | None = None) -> dict:
     }
 
 
+def check_base_group(group: zarr.Group, url: str) -> None:
+    """A group an overlay reads from its base is read-only here: featurizing can only find it done."""
+    if not getattr(group.store, "read_only", False):
+        return
+    done = np.asarray(group["done"][:], dtype=bool)
+    if not done.all():
+        raise CacheError(f"{url}: {group.path} is read from a base of this overlay and has {int((~done).sum())} "
+                         "rows not done (still being featurized, or failed); an overlay never writes to its base: "
+                         "ask the base's owner to finish it, or featurize into a cache of your own")
+
+
 # --- summaries -------------------------------------------------------------------------------
 
 

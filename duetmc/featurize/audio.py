@@ -361,6 +361,7 @@ def _check_existing(group, items: list[Item], encoder: AudioEncoder, config: Aud
 def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
     """Featurize this process's shards (all of them without --shard). Resumable; never stops on bad audio."""
     group, items, encoder, lengths = prepare_audio_cache(config)
+    cache_spec.check_base_group(group, config.cache)
     dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
              "fp16": torch.float16, "float16": torch.float16}[config.dtype]
     encoder.to(config.device, dtype)

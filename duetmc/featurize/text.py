@@ -255,6 +255,7 @@ def _record_columns(records: list[TextRecord], row_of: dict[str, int]) -> dict[s
 
 def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
     group, encoder = prepare_text_cache(config)
+    cache_spec.check_base_group(group, config.cache)
     dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.dtype]
     encoder.model.to(config.device)
     attrs = dict(group.attrs)
