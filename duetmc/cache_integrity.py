@@ -8,7 +8,6 @@ and items it holds, so the owner knows what to re-featurize or re-copy.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 from dataclasses import asdict, dataclass, field
 
@@ -60,8 +59,8 @@ def record_checksums(group: zarr.Group) -> bool:
         return False
     fs, base = _files(group)
     files = {rel: _sha256(fs, f"{base}/{rel}") for rel in data_files(group)}
-    group.attrs[CHECKSUM_ATTR] = {"algorithm": "sha256", "files": files, **state,
-                                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    # no timestamp: a resumed run must leave the same attributes as an uninterrupted one
+    group.attrs[CHECKSUM_ATTR] = {"algorithm": "sha256", "files": files, **state}
     return True
 
 

@@ -201,6 +201,14 @@ def _open_group(url: str, mode: str) -> zarr.Group:
         raise path_error(exc, "(opening the cache)") from None
 
 
+def _open_base(url: str, base: str):
+    try:
+        return open_root(base, "r")
+    except CacheError as exc:
+        raise CacheError(f"{url}: this overlay's base cannot be opened: {exc}; restore it there, or make a "
+                         "new overlay on its new place") from None
+
+
 def open_root(url: str, mode: str = "r"):
     """Open (or with mode 'a' create) a cache root on a local path or any fsspec URL.
 
@@ -221,7 +229,7 @@ def open_root(url: str, mode: str = "r"):
     spec = root.attrs.get(OVERLAY_ATTR)
     if spec is None:
         return root
-    bases = [(b["url"], open_root(b["url"], "r")) for b in spec["bases"]]  # read-only: never written
+    bases = [(b["url"], _open_base(url, b["url"])) for b in spec["bases"]]  # read-only: never written
     layered = LayeredRoot(str(url), root, bases)
     for b, (base_url, base) in zip(spec["bases"], bases):
         layers = base.layers if isinstance(base, LayeredRoot) else [(base_url, base)]

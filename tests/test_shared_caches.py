@@ -27,6 +27,7 @@ from duetmc.errors import PathError, UsageError
 from train_fixtures import write_signal_corpus
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # one lab cache, featurized once, shared by every test here
 
 
 def run_cli(*args, env=None):
@@ -118,11 +119,10 @@ def test_text_into_a_read_only_cache_fails_before_the_model_loads(lab, monkeypat
 
 @pytest.fixture(scope="module")
 def bens(lab, tmp_path_factory):
-    from duetmc.cache_ops import create_overlay
-
     home = tmp_path_factory.mktemp("ben")
     mine = home / "mine.zarr"
-    create_overlay(str(mine), [str(lab["cache"])])
+    res = run_cli("cache", "overlay", mine, "--base", lab["cache"])
+    assert res.returncode == 0 and res.stdout.strip() == f"{mine}: overlay of {lab['cache']}", res.stderr
     assert featurize_text(lab["root"] / "mine.jsonl", mine).failed == 0
     return mine
 
@@ -141,6 +141,9 @@ def test_overlay_reads_the_base_and_writes_only_itself(lab, bens):
     assert (summary.done, summary.failed, summary.skipped) == (0, 0, 24)
     assert not (bens / "audio").exists()
     mine = cache_spec.open_features(root, "text", TextSettings("tiny-text", text_set="mine"), str(bens))
+    info = run_cli("cache", "info", bens)
+    assert info.returncode == 0 and f"overlay of {lab['cache']}" in info.stdout
+    assert f"audio/tiny-audio.w2.h2.t2.lall  (from {lab['cache']})" in info.stdout
     assert mine.attrs["text_set"]["name"] == "mine" and len(mine.attrs["text_set"]["sha256"]) == 64
 
 
