@@ -150,8 +150,6 @@ def test_overlay_reads_the_base_and_writes_only_itself(lab, bens):
 def test_train_and_eval_from_an_overlay_choose_the_text_set_by_name(lab, bens, tmp_path):
     from duetmc.dataset import PairIndex, resolve_spec
     from duetmc.evaluate import EvalConfig, evaluate_run
-    from duetmc.train import TrainConfig, train
-
     with pytest.raises(CacheError, match="2 text feature groups"):
         resolve_spec(str(bens))
     spec = resolve_spec(str(bens), text_key="mine")
@@ -160,13 +158,11 @@ def test_train_and_eval_from_an_overlay_choose_the_text_set_by_name(lab, bens, t
     ours = PairIndex(spec)
     assert len(theirs.ids) == len(ours.ids) == 24
     assert theirs.text_lengths.shape != ours.text_lengths.shape  # two different sets of texts
-    run = tmp_path / "run"
-    train(TrainConfig(data=[spec], out=str(run), epochs=1, batch_size=8, progress=False, plots=False))
-    [result] = evaluate_run(run, [], EvalConfig())
-    assert result["cache"] == str(bens) and result["n_items"] == 5 and "en" in result["text_to_music"]
-    res = run_cli("train", "--cache", bens, "--text-set", "mine", "--out", tmp_path / "cli", "--epochs", "1",
+    res = run_cli("train", "--cache", bens, "--text-set", "mine", "--out", tmp_path / "run", "--epochs", "1",
                   "--batch-size", "8", "--json")
     assert res.returncode == 0, res.stderr
+    [result] = evaluate_run(tmp_path / "run", [], EvalConfig())
+    assert result["cache"] == str(bens) and result["n_items"] == 5 and "en" in result["text_to_music"]
 
 
 def test_a_base_that_grew_after_the_overlay_is_reported(lab, tmp_path):
@@ -395,7 +391,7 @@ def _ids_file(tmp_path, ids):
 # --- 8: readers keep working while a featurizer appends --------------------------------------------
 
 READER = """
-import sys, numpy as np
+import sys, time, numpy as np
 from duetmc.dataset import PairIndex, resolve_spec
 from duetmc import cache_spec
 cache, stop = sys.argv[1], sys.argv[2]
@@ -409,6 +405,7 @@ while not os.path.exists(stop) or reads < 3:
     assert np.isfinite(feats).all()
     assert (np.abs(feats[done]).reshape(done.sum(), -1).sum(1) > 0).all(), "a done row reads as zeros"
     reads += 1
+    time.sleep(0.2)  # leave the two CPUs to the writer
 print(reads, int(index.usable.sum()))
 """
 
