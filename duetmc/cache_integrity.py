@@ -24,8 +24,11 @@ def _files(group: zarr.Group):
     import fsspec
 
     store = group.store
-    if hasattr(store, "fs"):  # FsspecStore
-        return store.fs, f"{store.path.rstrip('/')}/{group.path}"
+    if hasattr(store, "fs"):  # FsspecStore: its filesystem is async; a sync twin reads the files here
+        fs = store.fs
+        if getattr(fs, "asynchronous", False):
+            fs = type(fs)(**{**fs.storage_options, "asynchronous": False})
+        return fs, f"{store.path.rstrip('/')}/{group.path}"
     return fsspec.filesystem("file"), f"{store.root}/{group.path}"
 
 

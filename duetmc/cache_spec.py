@@ -199,6 +199,11 @@ def _open_group(url: str, mode: str) -> zarr.Group:
         raise CacheError(f"{url}: no cache here; create one with `duetmc featurize audio|text ... --cache {url}`") from None
     except PermissionError as exc:
         raise path_error(exc, "(opening the cache)") from None
+    except OSError as exc:
+        if not is_remote(url):
+            raise
+        raise CacheError(f"{url}: cannot be read ({' '.join(str(exc).split())}); check the address and that "
+                         "the server is up") from None
 
 
 def _open_base(url: str, base: str):

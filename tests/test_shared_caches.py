@@ -332,6 +332,9 @@ def test_a_cache_over_http_reads_for_info_validate_train_and_eval(lab, served, t
     groups = {g["key"]: g for g in json.loads(info.stdout)["groups"]}
     assert groups["tiny-audio.w2.h2.t2.lall"]["items_done"] == 24
     assert cache_spec.validate_cache(served) == []
+    from duetmc.cache_integrity import verify_cache
+
+    assert verify_cache(served)["ok"] and all(g["manifest"] for g in verify_cache(served)["groups"])
     run = tmp_path / "run"
     train(TrainConfig(data=[resolve_spec(served)], out=str(run), epochs=1, batch_size=8, progress=False, plots=False))
     [remote] = evaluate_run(run, [served], EvalConfig())
