@@ -147,6 +147,25 @@ def test_overlay_reads_the_base_and_writes_only_itself(lab, bens):
     assert mine.attrs["text_set"]["name"] == "mine" and len(mine.attrs["text_set"]["sha256"]) == 64
 
 
+def test_overlays_stack_and_refuse_bad_bases(lab, bens, tmp_path):
+    from duetmc.cache_ops import create_overlay
+
+    create_overlay(str(tmp_path / "o2.zarr"), [str(bens)])  # an overlay of an overlay
+    root = cache_spec.open_root(str(tmp_path / "o2.zarr"))
+    assert [u for u, _ in root.layers] == [str(tmp_path / "o2.zarr"), str(bens), str(lab["cache"])]
+    assert cache_spec.list_groups(root, "text") == ["tiny-text.l-1", "tiny-text.l-1.s-mine"]
+    assert root.source_of("text/tiny-text.l-1.s-mine") == str(bens)
+    with pytest.raises(UsageError, match="already exists and is not empty"):
+        create_overlay(str(tmp_path / "o2.zarr"), [str(lab["cache"])])
+    with pytest.raises(CacheError, match="no cache here"):
+        create_overlay(str(tmp_path / "o3.zarr"), [str(tmp_path / "missing.zarr")])
+    shutil.copytree(bens, tmp_path / "moved.zarr")
+    create_overlay(str(tmp_path / "o4.zarr"), [str(tmp_path / "moved.zarr")])
+    shutil.rmtree(tmp_path / "moved.zarr")
+    with pytest.raises(CacheError, match=r"o4.zarr: this overlay's base cannot be opened: .*moved.zarr: no cache here"):
+        cache_spec.open_root(str(tmp_path / "o4.zarr"))
+
+
 def test_train_and_eval_from_an_overlay_choose_the_text_set_by_name(lab, bens, tmp_path):
     from duetmc.dataset import PairIndex, resolve_spec
     from duetmc.evaluate import EvalConfig, evaluate_run
