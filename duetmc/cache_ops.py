@@ -113,7 +113,7 @@ def _copy_features(dst, sources: list[tuple[zarr.Array, np.ndarray]], positions:
         dst[lo:lo + len(block)] = out
 
 
-def _derived_attrs(parts: list[Part], positions: list[int], selection: dict) -> tuple[dict, list[int]]:
+def _derived_attrs(parts: list[Part], positions: list[int], selection: dict) -> dict:
     attrs = dict(parts[0].group.attrs)
     attrs.pop("checksums", None)
     layers = [attrs["layers"][p] for p in positions]
@@ -122,7 +122,7 @@ def _derived_attrs(parts: list[Part], positions: list[int], selection: dict) -> 
     attrs["layers"] = layers
     attrs["derived_from"] = {"sources": [{"cache": p.url, "group": p.group.path, "items": int(len(p.items))}
                                          for p in parts], "selection": selection, "at": _now()}
-    return attrs, layers
+    return attrs
 
 
 def _settings_key(modality: str, settings: dict) -> str:
@@ -136,7 +136,7 @@ def _settings_key(modality: str, settings: dict) -> str:
 def write_audio(dst_root, parts: list[Part], layers, selection: dict) -> zarr.Group:
     first = parts[0].group
     positions = _layer_positions(first, layers, first.path)
-    attrs, _ = _derived_attrs(parts, positions, selection)
+    attrs = _derived_attrs(parts, positions, selection)
     ids = np.concatenate([read_strings(p.group["ids"])[p.items] for p in parts]) if parts else np.array([])
     uniq, counts_id = np.unique(ids.astype(str), return_counts=True)
     if (counts_id > 1).any():
@@ -178,7 +178,7 @@ RECORD_COLUMNS = ("text_row", "item", "kind", "lang", "view", "parent_row", "cat
 def write_text(dst_root, parts: list[Part], layers, selection: dict) -> zarr.Group:
     first = parts[0].group
     positions = _layer_positions(first, layers, first.path)
-    attrs, _ = _derived_attrs(parts, positions, selection)
+    attrs = _derived_attrs(parts, positions, selection)
     row_of: dict[str, int] = {}
     sources: list[np.ndarray] = []
     records = {c: [] for c in RECORD_COLUMNS}

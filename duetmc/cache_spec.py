@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import zarr
-from duetmc.errors import DuetmcError, PathError, UsageError, path_error
+from duetmc.errors import DuetmcError, UsageError, path_error
 from duetmc.overlay import OVERLAY_ATTR, LayeredRoot, drift, warn_drift
 
 SPEC_VERSION = 1
