@@ -331,6 +331,18 @@ def choose_text_set(root, settings: TextSettings, texts: list[str], sha: str, na
     return named
 
 
+def find_text_set(root, settings: TextSettings, name: str, url: str = "") -> TextSettings:
+    """`settings` pointed at the text set called `name` (its --text-set name or its group key)."""
+    plain = dataclasses.replace(settings, text_set=None).key()
+    for key in list_groups(root, "text"):
+        if key != plain and not key.startswith(plain + ".s-"):
+            continue
+        if name == key or dict(root["text"][key].attrs).get("text_set", {}).get("name") == name:
+            return dataclasses.replace(settings, text_set=None if key == plain else key[len(plain) + 3:])
+    raise CacheError(f"{url}: no text set {name!r} for {plain}; it has "
+                     f"{[k for k in list_groups(root, 'text') if k.startswith(plain)] or 'none'}")
+
+
 def create_array(group: zarr.Group, name: str, shape, dtype, chunks, dims, shards=None, fill_value=None):
     """Every chunk carries a CRC32C of its compressed bytes, so a flipped byte fails the read of that
     chunk (and `duetmc cache verify` names it) instead of decoding into wrong numbers."""

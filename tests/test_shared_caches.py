@@ -183,6 +183,11 @@ def test_train_and_eval_from_an_overlay_choose_the_text_set_by_name(lab, bens, t
     assert res.returncode == 0, res.stderr
     [result] = evaluate_run(tmp_path / "run", [], EvalConfig())
     assert result["cache"] == str(bens) and result["n_items"] == 5 and "en" in result["text_to_music"]
+    # the same run queried with the lab's own texts, chosen by name
+    [theirs_result] = evaluate_run(tmp_path / "run", [], EvalConfig(), text_set="views")
+    assert theirs_result["text_to_music"]["en"] != result["text_to_music"]["en"]
+    with pytest.raises(CacheError, match=r"no text set 'nope' for tiny-text.l-1; it has \['tiny-text.l-1', 'tiny-text.l-1.s-mine'\]"):
+        evaluate_run(tmp_path / "run", [], EvalConfig(), text_set="nope")
 
 
 def test_a_base_that_grew_after_the_overlay_is_reported(lab, tmp_path):

@@ -141,14 +141,15 @@ def _print_results(results):
 @click.option("--baseline", "baselines", multiple=True, type=click.Path(exists=True),
               help="Precomputed embeddings (.npz or Zarr with audio, audio_ids, query, query_item[, query_lang]) "
                    "scored under the same protocol.")
+@click.option("--text-set", default=None, help="Query with this text set of the cache [default: the run's].")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, device, as_json):
+def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, text_set, device, as_json):
     """Text→music retrieval (R@1/5/10, median and mean rank), music→text and tag retrieval."""
     from duetmc.evaluate import evaluate_embeddings, evaluate_run
 
     cfg = _eval_config(split, subset_size, subsets, seed, device)
-    results = evaluate_run(run, list(caches), cfg, checkpoint)
+    results = evaluate_run(run, list(caches), cfg, checkpoint, text_set)
     results += [evaluate_embeddings(b, cfg) for b in baselines]
     (Path(run) / "eval.json").write_text(json.dumps(results, indent=2))
     if as_json:
