@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from duetmc import cache_spec, overlay
+from duetmc.cache_access import ensure_writable
 from duetmc.cache_integrity import record_checksums
 from duetmc.cache_spec import CacheError, absolute_url, create_array, read_strings
 from duetmc.errors import UsageError
@@ -29,6 +30,7 @@ def _now() -> str:
 
 
 def _new_root(url: str) -> zarr.Group:
+    ensure_writable(url)  # one line now, not a traceback after the first group
     path = Path(url)
     if not cache_spec.is_remote(url) and path.exists() and any(path.iterdir()):
         raise UsageError(f"{url}: already exists and is not empty; give a new path")
