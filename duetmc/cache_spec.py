@@ -25,13 +25,15 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import platform
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Iterable
 
 import numpy as np
 import zarr
-from duetmc.errors import DuetmcError
+from duetmc.errors import DuetmcError, UsageError, path_error
+from duetmc.overlay import OVERLAY_ATTR, LayeredRoot, drift, warn_drift
 
 SPEC_VERSION = 1
 READABLE_SPEC_VERSIONS = (1,)
@@ -76,15 +78,28 @@ class TextSettings:
     layers: tuple[int, ...] | None = (-1,)  # default: the last hidden state only
     max_tokens: int | None = None  # None: the encoder's limit
     dtype: str = "float16"
+    # which texts: None is the encoder's first set (key without a suffix, as in caches made before sets);
+    # a name keeps another set of texts for the same encoder next to it, as text/<key>.s-<name>
+    text_set: str | None = None
+
+    def __post_init__(self):
+        if self.text_set is not None and not _SET_NAME.fullmatch(self.text_set):
+            raise UsageError(f"--text-set {self.text_set!r}: use letters, digits, '_' and '-' (at most 64)")
 
     def key(self) -> str:
         layers = "all" if self.layers is None else "-".join(map(str, self.layers))
         cap = "" if self.max_tokens is None else f".m{self.max_tokens}"
-        return f"{self.encoder}.l{layers}{cap}"
+        text_set = "" if self.text_set is None else f".s-{self.text_set}"
+        return f"{self.encoder}.l{layers}{cap}{text_set}"
+
+
+_SET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def settings_dict(settings) -> dict:
     d = dataclasses.asdict(settings)
+    if d.get("text_set", "") is None:
+        del d["text_set"]  # the first set: stored settings identical to caches made before text sets
     if d.get("layers") is not None:
         d["layers"] = list(d["layers"])
     return d
@@ -150,12 +165,62 @@ def task_shards(n_shards: int, task: int, n_tasks: int) -> list[int]:
 # --- opening ---------------------------------------------------------------------------------
 
 
-def open_root(url: str, mode: str = "r") -> zarr.Group:
-    """Open (or with mode 'a' create) a cache root on a local path or any fsspec URL."""
+REMOTE_EXTRAS = {"s3": "s3", "s3a": "s3", "http": "http", "https": "http"}  # scheme -> pyproject extra
+
+
+def is_remote(url: str) -> bool:
+    return "://" in str(url) and not str(url).startswith("file://")
+
+
+def absolute_url(url: str) -> str:
+    """Local paths made absolute (what an overlay or a copy records); URLs unchanged."""
+    import os
+
+    return str(url) if is_remote(url) else os.path.abspath(str(url).removeprefix("file://"))
+
+
+def _open_group(url: str, mode: str) -> zarr.Group:
+    if is_remote(url) and mode != "r" and str(url).startswith(("http://", "https://")):
+        raise CacheError(f"{url}: a cache served over HTTP is read-only; write into a local overlay "
+                         f"(`duetmc cache overlay MINE --base {url}`) and use --cache MINE")
     try:
-        root = zarr.open_group(store=str(url), mode=mode)
-    except FileNotFoundError:
+        if str(url).startswith(("http://", "https://")):
+            from duetmc.remote import http_store  # any static server, with or without Range support
+
+            return zarr.open_group(store=http_store(str(url)), mode="r")
+        return zarr.open_group(store=str(url), mode=mode)
+    except ImportError as exc:  # fsspec's protocol packages are optional extras
+        scheme = str(url).split("://", 1)[0]
+        fix = (f"pip install 'duetmc[{REMOTE_EXTRAS[scheme]}]'" if scheme in REMOTE_EXTRAS
+               else f"install fsspec's package for {scheme}://")
+        raise CacheError(f"{url}: reading {scheme}:// needs a package that is not installed "
+                         f"({' '.join(str(exc).split())}); {fix}") from None
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
         raise CacheError(f"{url}: no cache here; create one with `duetmc featurize audio|text ... --cache {url}`") from None
+    except PermissionError as exc:
+        raise path_error(exc, "(opening the cache)") from None
+    except OSError as exc:
+        if not is_remote(url):
+            raise
+        raise CacheError(f"{url}: cannot be read ({' '.join(str(exc).split())}); check the address and that "
+                         "the server is up") from None
+
+
+def _open_base(url: str, base: str):
+    try:
+        return open_root(base, "r")
+    except CacheError as exc:
+        raise CacheError(f"{url}: this overlay's base cannot be opened: {exc}; restore it there, or make a "
+                         "new overlay on its new place") from None
+
+
+def open_root(url: str, mode: str = "r"):
+    """Open (or with mode 'a' create) a cache root on a local path or any fsspec URL.
+
+    An overlay (`duetmc cache overlay`) opens as a `LayeredRoot` that reads its bases' groups too and
+    writes only into itself; a plain cache opens as its zarr group.
+    """
+    root = _open_group(url, mode)
     version = root.attrs.get("duetmc_spec_version")
     if version is None:
         if mode == "r":
@@ -166,7 +231,15 @@ def open_root(url: str, mode: str = "r") -> zarr.Group:
             f"{url}: cache spec version {version} cannot be read by duetmc {environment()['duetmc']}, "
             f"which reads versions {list(READABLE_SPEC_VERSIONS)}; upgrade duetmc or re-featurize"
         )
-    return root
+    spec = root.attrs.get(OVERLAY_ATTR)
+    if spec is None:
+        return root
+    bases = [(b["url"], _open_base(url, b["url"])) for b in spec["bases"]]  # read-only: never written
+    layered = LayeredRoot(str(url), root, bases)
+    for b, (base_url, base) in zip(spec["bases"], bases):
+        layers = base.layers if isinstance(base, LayeredRoot) else [(base_url, base)]
+        warn_drift(str(url), base_url, drift(b.get("groups", {}), layers))
+    return layered
 
 
 def list_groups(root: zarr.Group, modality: str) -> list[str]:
@@ -208,16 +281,79 @@ def open_features(root: zarr.Group, modality: str, settings, url: str = "") -> z
     return group
 
 
+def text_set_sha256(texts: list[str], records: dict[str, list]) -> str:
+    """Identity of a text set: its texts in row order and every record column."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(str(t).encode() + b"\0")
+    for name in sorted(records):
+        h.update(name.encode() + b"\1" + "\0".join(map(str, records[name])).encode())
+    return h.hexdigest()
+
+
+def _same_texts(group: zarr.Group, texts: list[str], sha: str) -> bool:
+    stored = dict(group.attrs).get("text_set", {}).get("sha256")
+    if stored is not None:
+        return stored == sha
+    return read_strings(group["texts"]).tolist() == texts  # a cache made before text sets
+
+
+def choose_text_set(root, settings: TextSettings, texts: list[str], sha: str, name: str,
+                    explicit: bool, url: str = "") -> TextSettings:
+    """The text group for this set of texts: the one already holding them, else a new one.
+
+    Without an explicit `--text-set`, the encoder's first set takes the plain key (as before text
+    sets existed) and later sets take `<key>.s-<name>`, `name` being the views file's stem.
+    """
+    def planned(s: TextSettings):
+        k = s.key()
+        return k in root["text"] and "encoder" in root["text"][k].attrs if "text" in root else False
+
+    if explicit:
+        named = dataclasses.replace(settings, text_set=name)
+        if planned(named) and not _same_texts(root["text"][named.key()], texts, sha):
+            raise CacheError(f"{url}: text set {name!r} (text/{named.key()}) holds other texts; "
+                             "choose another --text-set name to keep both")
+        return named
+    plain = dataclasses.replace(settings, text_set=None)
+    keys = list_groups(root, "text")
+    prefix = plain.key()
+    for k in [k for k in keys if k == prefix or k.startswith(prefix + ".s-")]:
+        if "encoder" in root["text"][k].attrs and _same_texts(root["text"][k], texts, sha):
+            return dataclasses.replace(settings, text_set=None if k == prefix else k[len(prefix) + 3:])
+    if not planned(plain):
+        return plain
+    auto = re.sub(r"[^A-Za-z0-9_-]", "-", name)[:64] or "texts"
+    named = dataclasses.replace(settings, text_set=auto)
+    if planned(named):
+        raise CacheError(f"{url}: text/{prefix} and text/{named.key()} hold other texts; name this set "
+                         "with --text-set NAME to keep it next to them")
+    return named
+
+
+def find_text_set(root, settings: TextSettings, name: str, url: str = "") -> TextSettings:
+    """`settings` pointed at the text set called `name` (its --text-set name or its group key)."""
+    plain = dataclasses.replace(settings, text_set=None).key()
+    for key in list_groups(root, "text"):
+        if key != plain and not key.startswith(plain + ".s-"):
+            continue
+        if name == key or dict(root["text"][key].attrs).get("text_set", {}).get("name") == name:
+            return dataclasses.replace(settings, text_set=None if key == plain else key[len(plain) + 3:])
+    raise CacheError(f"{url}: no text set {name!r} for {plain}; it has "
+                     f"{[k for k in list_groups(root, 'text') if k.startswith(plain)] or 'none'}")
+
+
 def create_array(group: zarr.Group, name: str, shape, dtype, chunks, dims, shards=None, fill_value=None):
-    from zarr.codecs import ZstdCodec
+    """Every chunk carries a CRC32C of its compressed bytes, so a flipped byte fails the read of that
+    chunk (and `duetmc cache verify` names it) instead of decoding into wrong numbers."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
     kwargs = dict(shape=shape, dtype=dtype, chunks=chunks, dimension_names=dims, overwrite=True)
     if shards is not None:
         kwargs["shards"] = shards
     if fill_value is not None:
         kwargs["fill_value"] = fill_value
-    if dtype is not str:
-        kwargs["compressors"] = ZstdCodec(level=3)
+    kwargs["compressors"] = [ZstdCodec(level=3), Crc32cCodec()]
     return group.create_array(name, **kwargs)
 
 
@@ -252,6 +388,17 @@ def provenance(settings, encoder_info: dict, extra: dict | None = None) -> dict:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
+
+
+def check_base_group(group: zarr.Group, url: str) -> None:
+    """A group an overlay reads from its base is read-only here: featurizing can only find it done."""
+    if not getattr(group.store, "read_only", False):
+        return
+    done = np.asarray(group["done"][:], dtype=bool)
+    if not done.all():
+        raise CacheError(f"{url}: {group.path} is read from a base of this overlay and has {int((~done).sum())} "
+                         "rows not done (still being featurized, or failed); an overlay never writes to its base: "
+                         "ask the base's owner to finish it, or featurize into a cache of your own")
 
 
 # --- summaries -------------------------------------------------------------------------------
@@ -320,6 +467,9 @@ def cache_info(url: str) -> dict:
     """Groups, encoders, item counts, shapes, bytes on disk and provenance, as a JSON-able dict."""
     root = open_root(url)
     out = {"cache": str(url), "spec_version": root.attrs.get("duetmc_spec_version"), "groups": []}
+    layered = isinstance(root, LayeredRoot)
+    if layered:
+        out["bases"] = root.bases
     for modality, key, group in iter_groups(root):
         st = group_status(group, modality, key)
         arrays = {name: arr for name, arr in group.arrays()}
@@ -335,6 +485,7 @@ def cache_info(url: str) -> dict:
             "bytes_on_disk": int(sum(a.nbytes_stored() for a in arrays.values())),
             "failures": [list(f) for f in st.failures[:20]],
             "provenance": attrs,
+            "source": root.source_of(f"{modality}/{key}") if layered else None,
         })
     return out
 

@@ -53,6 +53,9 @@ def resolve_spec(cache: str, audio_key: str | None = None, text_key: str | None 
                 raise CacheError(f"{cache}: {'no' if not keys else len(keys)} {modality} feature groups "
                                  f"({', '.join(keys) or 'featurize first'}); choose one with --{modality}-key")
             key = keys[0]
+        if key not in keys and modality == "text":  # a text set's name (`featurize text --text-set`)
+            named = [k for k in keys if dict(root["text"][k].attrs).get("text_set", {}).get("name") == key]
+            key = named[0] if len(named) == 1 else key
         if key not in keys:
             raise CacheError(f"{cache}: no {modality}/{key}; available: {', '.join(keys) or 'none'}")
         return dict(root[modality][key].attrs)["settings"]

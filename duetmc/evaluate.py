@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from duetmc import metrics
+from duetmc import cache_spec, metrics
 from duetmc.augment.viewsfile import GENERATED_SOURCES, HUMAN_SOURCES
 from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource, trim_padding
 from duetmc.heads.model import DuetHeads
@@ -294,15 +294,19 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
     return result
 
 
-def evaluate_run(run: str | Path, caches: list[str], cfg: EvalConfig, which: str = "best") -> list[dict]:
-    """Evaluate a trained run on caches built with the same encoder settings (refused otherwise)."""
+def evaluate_run(run: str | Path, caches: list[str], cfg: EvalConfig, which: str = "best",
+                 text_set: str | None = None) -> list[dict]:
+    """Evaluate a trained run on caches built with the same encoder settings (refused otherwise);
+    `text_set` names another set of texts of the same text encoder to query with."""
     from duetmc.train import load_run
 
     model, tcfg = load_run(run, which, cfg.device)
     spec = tcfg.data[0]
     results = []
     for cache in caches or [spec.cache]:
-        index = PairIndex(DataSpec(cache, spec.audio, spec.text))
+        text = spec.text if text_set is None else cache_spec.find_text_set(
+            cache_spec.open_root(cache), spec.text, text_set, cache)
+        index = PairIndex(DataSpec(cache, spec.audio, text))
         results.append(evaluate_index(model, index, cfg))
     return results
 

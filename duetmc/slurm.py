@@ -259,7 +259,9 @@ class JobLog:
 
 def _local_dir(url: str) -> Path:
     if "://" in url and not url.startswith("file://"):
-        raise SlurmError(f"{url}: SLURM featurize needs the cache on a shared local path (its logs/ go there)")
+        raise SlurmError(f"{url}: SLURM featurize writes into a cache on a shared filesystem (array tasks own "
+                         "whole shards and log next to the cache); featurize into a shared path, then publish it "
+                         f"with `duetmc cache copy CACHE {url}`")
     return Path(url.removeprefix("file://")).absolute()
 
 

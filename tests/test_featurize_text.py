@@ -171,10 +171,15 @@ def test_layer_choice_and_refusals(views_cache, tmp_path):
     np.testing.assert_array_equal(two[:, 1], last[:, 0])
     with pytest.raises(CacheError, match="layer 5 does not exist"):
         featurize(views, tmp_path / "c", layers=(5,))
-    # another text set into the same group
+    # another text set for the same encoder is kept next to the first, named after its file
     other = write_views(RECORDS[:3], tmp_path / "other.jsonl")
-    with pytest.raises(CacheError, match=r"holds another set of texts \(9 stored, 3 requested\)"):
-        featurize(other, tmp_path / "c", layers=(0, -1))
+    featurize(other, tmp_path / "c", layers=(0, -1))
+    kept = text_group(tmp_path / "c", TextSettings("tiny-text", layers=(0, -1), text_set="other"))
+    assert kept.basename == "tiny-text.l0--1.s-other" and kept["texts"].shape[0] < 9
+    assert kept.attrs["text_set"]["name"] == "other"
+    assert text_group(tmp_path / "c", TextSettings("tiny-text", layers=(0, -1)))["texts"].shape[0] == 9
+    with pytest.raises(CacheError, match=r"text set 'other' \(text/tiny-text.l0--1.s-other\) holds other texts"):
+        featurize(views, tmp_path / "c", layers=(0, -1), text_set="other")
     # refused on open with other settings, naming what differs
     root = cache_spec.open_root(str(d / "cache"))
     with pytest.raises(CacheError, match="max_tokens: cache has None, requested 16"):

@@ -1,4 +1,4 @@
-"""`duetmc featurize audio|text` and `duetmc cache info|validate`."""
+"""`duetmc featurize audio|text` (the cache commands are in cli/cache.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import sys
 import click
 
 from duetmc.cli.common import emit_json
+
+GROUP_WRITABLE = click.option("--group-writable", is_flag=True,
+                              help="Make the cache's files group-writable, so your lab group can co-own it.")
 
 
 
@@ -52,16 +55,20 @@ def _finish(summary, as_json: bool, allow_failures: bool, unit: str) -> None:
               help="Compute dtype (bf16/fp16 on GPU). Features are stored as float16.")
 @click.option("--rows-per-shard", default=64, show_default=True)
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some items failed.")
+@GROUP_WRITABLE
 @click.option("--json", "as_json", is_flag=True)
 def audio_cmd(manifest, cache, encoder, encoder_path, revision, window_s, hop_s, tokens, layers, batch_size,
-              workers, shard, device, dtype, rows_per_shard, allow_failures, as_json):
+              workers, shard, device, dtype, rows_per_shard, allow_failures, group_writable, as_json):
     """Featurize the manifest's audio. Resumable: a rerun skips finished items."""
+    from duetmc.cache_access import shared_files
     from duetmc.featurize.audio import AudioFeaturizeConfig, featurize_audio
 
     config = AudioFeaturizeConfig(manifest, cache, encoder, encoder_path, revision, window_s, hop_s, tokens,
                                   _layers(layers), batch_size, workers, shard, device, dtype, rows_per_shard,
                                   progress=not as_json)
-    _finish(featurize_audio(config), as_json, allow_failures, "windows")
+    with shared_files(group_writable, cache):
+        summary = featurize_audio(config)
+    _finish(summary, as_json, allow_failures, "windows")
 
 
 @featurize.command("text")
@@ -77,63 +84,23 @@ def audio_cmd(manifest, cache, encoder, encoder_path, revision, window_s, hop_s,
 @click.option("--shard", default=None, help="I/N: process the I-th of N whole-shard ranges.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bf16", "fp16"]), default="float32", show_default=True)
+@click.option("--text-set", default=None,
+              help="Name of this set of texts; another set for the same encoder is kept next to it "
+                   "[default: the file's stem].")
+@GROUP_WRITABLE
 @click.option("--json", "as_json", is_flag=True)
 def text_cmd(input, cache, encoder, encoder_path, revision, layers, max_tokens, languages, batch_size, shard,
-             device, dtype, as_json):
+             device, dtype, text_set, group_writable, as_json):
     """Featurize every text of a views file (duetmc augment) or a manifest."""
+    from duetmc.cache_access import shared_files
     from duetmc.featurize.text import TextFeaturizeConfig, featurize_text
 
     config = TextFeaturizeConfig(input, cache, encoder, encoder_path, revision, _layers(layers), max_tokens,
                                  tuple(languages.split(",")) if languages else None, batch_size, 1, shard,
-                                 device, dtype, progress=not as_json)
-    _finish(featurize_text(config), as_json, allow_failures=False, unit="texts")
+                                 device, dtype, progress=not as_json, text_set=text_set)
+    with shared_files(group_writable, cache):
+        summary = featurize_text(config)
+    _finish(summary, as_json, allow_failures=False, unit="texts")
 
 
-@click.group()
-def cache() -> None:
-    """Inspect and check a feature cache."""
-
-
-@cache.command("info")
-@click.argument("path")
-@click.option("--json", "as_json", is_flag=True)
-def info_cmd(path, as_json):
-    """Groups, encoders, item counts (done/failed), shapes, bytes on disk and provenance."""
-    from duetmc.cache_spec import cache_info
-
-    info = cache_info(path)
-    if as_json:
-        emit_json(info)
-        return
-    click.echo(f"{info['cache']} (spec v{info['spec_version']})")
-    for g in info["groups"]:
-        p = g["provenance"]
-        enc = p.get("encoder", {})
-        click.echo(f"  {g['modality']}/{g['key']}")
-        click.echo(f"    encoder   {enc.get('name')} from {enc.get('source')} (weights sha256 {str(enc.get('weights_sha256'))[:16]}…)")
-        click.echo(f"    items     {g['items_done']} done, {g['items_failed']} failed of {g['items']}; "
-                   f"rows {g['rows_done']}/{g['rows']}; shards {g['shards']} ({len(g['incomplete_shards'])} incomplete)")
-        click.echo(f"    features  {g['shape']} float16, {g['bytes_on_disk'] / 1e6:.1f} MB on disk")
-        click.echo(f"    created   {p.get('created')} with {p.get('versions')}")
-        for item_id, reason in g["failures"]:
-            click.echo(f"    failed    {item_id}: {reason}")
-
-
-@cache.command("validate")
-@click.argument("path")
-@click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads).")
-@click.option("--json", "as_json", is_flag=True)
-def validate_cmd(path, scheduler, as_json):
-    """Check the whole cache out of core, shard by shard. Exits 1 on any problem."""
-    from duetmc.cache_spec import validate_cache
-
-    problems = validate_cache(path, scheduler)
-    if as_json:
-        emit_json({"cache": path, "valid": not problems, "problems": problems})
-    else:
-        click.echo("valid" if not problems else "\n".join(f"problem: {p}" for p in problems))
-    if problems:
-        sys.exit(1)
-
-
-COMMANDS = [featurize, cache]
+COMMANDS = [featurize]

@@ -40,7 +40,8 @@ def train_options(fn):
         click.option("--weight", "weights", multiple=True, type=float,
                      help="Sampling weight per --cache, in order [default: 1]."),
         click.option("--audio-key", default=None, help="Audio feature group when the cache has several."),
-        click.option("--text-key", default=None, help="Text feature group when the cache has several."),
+        click.option("--text-key", "--text-set", "text_key", default=None,
+                     help="Text feature group (its key, or its text set's name) when the cache has several."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      help="JSON file of TrainConfig fields."),
         click.option("--p-cap", type=float, default=None, help="Probability of a caption instead of tags [0.5]."),
@@ -138,14 +139,15 @@ def _print_results(results):
               help="Another model's embeddings (.npz or Zarr with audio_ids, audio, query, query_item[, query_source, "
                    "query_lang]; docs/PROTOCOL.md; `duetmc embed` writes one) scored under the same protocol.")
 @queries_option
+@click.option("--text-set", default=None, help="Query with this text set of the cache [default: the run's].")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, queries, device, as_json):
+def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, queries, text_set, device, as_json):
     """Text→music retrieval (R@1/5/10, median and mean rank), music→text, tag retrieval and the probes."""
     from duetmc.evaluate import evaluate_embeddings, evaluate_run
 
     cfg = _eval_config(split, subset_size, subsets, seed, device, queries)
-    results = evaluate_run(run, list(caches), cfg, checkpoint)
+    results = evaluate_run(run, list(caches), cfg, checkpoint, text_set)
     results += [evaluate_embeddings(b, cfg) for b in baselines]
     (Path(run) / "eval.json").write_text(json.dumps(results, indent=2))
     if as_json:

@@ -23,6 +23,8 @@ import soundfile as sf
 import torch
 
 from duetmc import cache_spec
+from duetmc.cache_access import ensure_writable
+from duetmc.cache_integrity import record_checksums
 from duetmc.cache_spec import AudioSettings, CacheError
 from duetmc.featurize.hf import EncoderLoadError, duetmc_home, strict_from_pretrained
 from duetmc.featurize.rows import RunSummary, fixed_batches, run_rows
@@ -272,6 +274,7 @@ def plan_lock(cache: str):
 def prepare_audio_cache(config: AudioFeaturizeConfig, encoder: AudioEncoder | None = None,
                         items: list[Item] | None = None):
     """Create the group's arrays once (idempotent). Returns (group, items, encoder, row_lengths)."""
+    ensure_writable(config.cache, "audio")  # before the model loads
     items = items if items is not None else load_manifest(config.manifest)
     encoder = encoder or load_audio_encoder(config.encoder, config.encoder_path, config.revision)
     settings = config.settings
@@ -358,6 +361,7 @@ def _check_existing(group, items: list[Item], encoder: AudioEncoder, config: Aud
 def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
     """Featurize this process's shards (all of them without --shard). Resumable; never stops on bad audio."""
     group, items, encoder, lengths = prepare_audio_cache(config)
+    cache_spec.check_base_group(group, config.cache)
     dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
              "fp16": torch.float16, "float16": torch.float16}[config.dtype]
     encoder.to(config.device, dtype)
@@ -417,5 +421,6 @@ def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
         workers=config.workers, progress=config.progress, desc=f"audio {encoder.name}",
     )
     summary.failures = list(dict(summary.failures).items())
+    record_checksums(group)  # a no-op until every shard of the group is finished
     return summary
 

@@ -20,6 +20,8 @@ import torch
 
 from duetmc import cache_spec
 from duetmc.augment.viewsfile import TextRecord, is_views_file, read_views
+from duetmc.cache_access import ensure_writable
+from duetmc.cache_integrity import record_checksums
 from duetmc.cache_spec import CacheError, TextSettings
 from duetmc.featurize.audio import plan_lock
 from duetmc.featurize.hf import EncoderLoadError, duetmc_home, strict_from_pretrained
@@ -186,6 +188,7 @@ class TextFeaturizeConfig:
     dtype: str = "float32"
     rows_per_shard: int = 256
     progress: bool = True
+    text_set: str | None = None  # None: the views file's stem, kept apart only when the encoder has other texts
 
     @property
     def settings(self) -> TextSettings:
@@ -194,6 +197,7 @@ class TextFeaturizeConfig:
 
 def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None = None):
     """Create the text group once (idempotent). Returns (group, encoder)."""
+    ensure_writable(config.cache, "text")  # before the model loads: a shared cache fails in a second, not 17
     encoder = encoder or load_text_encoder(config.encoder, config.encoder_path, config.revision)
     records = records_from_input(config.input, config.languages)
     settings = config.settings
@@ -206,6 +210,11 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
     lengths = lengths[order]
     with plan_lock(config.cache):
         root = cache_spec.open_root(config.cache, mode="a")
+        row_of = {t: i for i, t in enumerate(texts)}
+        columns = _record_columns(records, row_of)
+        sha = cache_spec.text_set_sha256(texts, {k: v for k, (_, v) in columns.items()})
+        settings = cache_spec.choose_text_set(root, settings, texts, sha, config.text_set or Path(config.input).stem,
+                                              config.text_set is not None, config.cache)
         key = settings.key()
         # provenance is written last, so a group without it is a plan cut short (killed): plan it again
         if "text" in root and key in root["text"] and "encoder" in root["text"][key].attrs:
@@ -213,7 +222,7 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
             stored = cache_spec.read_strings(group["texts"]).tolist()
             if stored != texts:
                 raise CacheError(f"{config.cache}: text/{key} holds another set of texts ({len(stored)} stored, "
-                                 f"{len(texts)} requested). Use a new --cache, or delete that group to rebuild it.")
+                                 f"{len(texts)} requested). Name this set with --text-set NAME to keep both.")
             if group.attrs["encoder"]["weights_sha256"] != encoder.info["weights_sha256"]:
                 raise CacheError(f"{config.cache}: text/{key} was written with other {encoder.name} weights; "
                                  "use another --cache")
@@ -228,19 +237,8 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
         mk("failure", (n,), str, (rps,), ["text"])
         mk("lengths", (n,), "int32", (rps,), ["text"])[:] = lengths
         mk("texts", (n,), str, (rps,), ["text"])[:] = np.array(texts, dtype=object)
-        row_of = {t: i for i, t in enumerate(texts)}
         rec = group.require_group("records")
         m = len(records)
-        columns = {
-            "text_row": ("int32", [row_of[r.text] for r in records]),
-            "item": (str, [r.item for r in records]),
-            "kind": (str, [r.kind for r in records]),
-            "lang": (str, [r.lang for r in records]),
-            "view": ("int16", [-1 if r.view is None else r.view for r in records]),
-            "parent_row": ("int32", [row_of.get(r.parent, -1) if r.parent else -1 for r in records]),
-            "category": (str, [r.category or "" for r in records]),
-            "source": (str, [r.source for r in records]),
-        }
         for name, (dtype, values) in columns.items():
             cache_spec.create_array(rec, name, (m,), dtype, (max(1, m),), ["record"])[:] = np.array(
                 values, dtype=object if dtype is str else dtype)
@@ -249,12 +247,28 @@ def prepare_text_cache(config: TextFeaturizeConfig, encoder: TextEncoder | None 
             "max_tokens": T, "token_limit": int(cap), "rows_per_shard": rps, "batch_size": config.batch_size, "compute_dtype": config.dtype,
             "input": str(Path(config.input).resolve()),
             "languages": sorted({r.lang for r in records}),
+            "text_set": {"name": settings.text_set or Path(config.input).stem, "sha256": sha,
+                         "texts": len(texts), "records": m},
         }))
         return group, encoder
 
 
+def _record_columns(records: list[TextRecord], row_of: dict[str, int]) -> dict[str, tuple]:
+    return {
+        "text_row": ("int32", [row_of[r.text] for r in records]),
+        "item": (str, [r.item for r in records]),
+        "kind": (str, [r.kind for r in records]),
+        "lang": (str, [r.lang for r in records]),
+        "view": ("int16", [-1 if r.view is None else r.view for r in records]),
+        "parent_row": ("int32", [row_of.get(r.parent, -1) if r.parent else -1 for r in records]),
+        "category": (str, [r.category or "" for r in records]),
+        "source": (str, [r.source for r in records]),
+    }
+
+
 def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
     group, encoder = prepare_text_cache(config)
+    cache_spec.check_base_group(group, config.cache)
     dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.dtype]
     encoder.model.to(config.device)
     attrs = dict(group.attrs)
@@ -280,4 +294,5 @@ def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
         prepare=lambda rows: None, compute=compute, label=lambda r: str(texts[r])[:60],
         workers=1, progress=config.progress, desc=f"text {encoder.name}",
     )
+    record_checksums(group)  # a no-op until every shard of the group is finished
     return summary
