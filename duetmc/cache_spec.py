@@ -279,30 +279,35 @@ def group_status(group: zarr.Group, modality: str, key: str) -> GroupStatus:
     """Progress from the done-mask itself, shard by shard."""
     done = np.asarray(group["done"][:], dtype=bool)
     failure = read_strings(group["failure"])
-    failed = (failure != "") & ~done
+    # audio rows of re-planned or removed items are retired (window_item -1): not part of any count
+    live = np.asarray(group["window_item"][:]) >= 0 if modality == "audio" else np.ones(len(done), bool)
+    done &= live
+    failed = (failure != "") & ~done & live
     rps = int(group.attrs["rows_per_shard"])
     shards = []
     for s, (lo, hi) in enumerate(shard_ranges(len(done), rps)):
-        d, f = int(done[lo:hi].sum()), int(failed[lo:hi].sum())
-        shards.append({"shard": s, "rows": hi - lo, "done": d, "failed": f, "pending": hi - lo - d - f})
+        d, f, n = int(done[lo:hi].sum()), int(failed[lo:hi].sum()), int(live[lo:hi].sum())
+        shards.append({"shard": s, "rows": n, "done": d, "failed": f, "pending": n - d - f})
     if modality == "audio":
         ids = read_strings(group["ids"])
         item_rows = np.asarray(group["item_rows"][:])
         items_done = items_failed = 0
         failures = []
         for i, (start, count) in enumerate(item_rows):
+            if count == 0:  # removed from the manifest
+                continue
             sl = slice(int(start), int(start + count))
             if done[sl].all():
                 items_done += 1
             elif failed[sl].any():
                 items_failed += 1
                 failures.append((str(ids[i]), str(failure[sl][failed[sl]][0])))
-        n_items = len(ids)
+        n_items = int((item_rows[:, 1] > 0).sum())
     else:
         texts = read_strings(group["texts"])
         n_items, items_done, items_failed = len(done), int(done.sum()), int(failed.sum())
         failures = [(texts[i][:60], failure[i]) for i in np.flatnonzero(failed)]
-    return GroupStatus(modality, key, len(done), int(done.sum()), int(failed.sum()), n_items, items_done,
+    return GroupStatus(modality, key, int(live.sum()), int(done.sum()), int(failed.sum()), n_items, items_done,
                        items_failed, shards, failures)
 
 
@@ -379,10 +384,13 @@ def validate_cache(url: str, scheduler: str | None = None) -> list[str]:
                 problems.append(f"{where}: {int(both.sum())} rows are marked both done and failed")
             if modality == "audio":
                 item_rows = np.asarray(group["item_rows"][:])
-                expected = np.repeat(np.arange(len(item_rows)), item_rows[:, 1])
+                expected = np.full(n, -1)  # rows no item points to are retired (-1)
+                for i, (s, c) in enumerate(item_rows):
+                    expected[s:s + c] = i
                 if not np.array_equal(expected, np.asarray(group["window_item"][:])):
                     problems.append(f"{where}: window -> item map disagrees with item_rows")
-            pending = int((~done & (failure == "")).sum())
+            live = np.asarray(group["window_item"][:]) >= 0 if modality == "audio" else True
+            pending = int((~done & (failure == "") & live).sum())
             if pending:
                 problems.append(f"{where}: {pending} rows not featurized yet (rerun the featurizer to finish)")
     finally:

@@ -21,9 +21,9 @@ import torch
 from duetmc import cache_spec
 from duetmc.augment.viewsfile import TextRecord, is_views_file, read_views
 from duetmc.cache_spec import CacheError, TextSettings
-from duetmc.featurize.audio import plan_lock
+from duetmc.featurize.locks import ShardClaims, plan_lock
 from duetmc.featurize.hf import EncoderLoadError, duetmc_home, strict_from_pretrained
-from duetmc.featurize.rows import RunSummary, run_rows
+from duetmc.featurize.rows import Job, RunSummary, run_rows
 from duetmc.manifest import load_manifest
 
 
@@ -258,10 +258,8 @@ def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
             out[k, :, n:] = 0
         return out, {}
 
-    summary = run_rows(
-        group, cache_spec.task_shards(n_shards, task, n_tasks),
-        batches_of=lambda lo, hi: [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)],
-        prepare=lambda rows: None, compute=compute, label=lambda r: str(texts[r])[:60],
-        workers=1, progress=config.progress, desc=f"text {encoder.name}",
-    )
-    return summary
+    job = Job(lambda lo, hi: [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)],
+              lambda rows: None, compute, lambda r: str(texts[r])[:60])
+    return run_rows(group, cache_spec.task_shards(n_shards, task, n_tasks), job,
+                    ShardClaims(config.cache, group.path), workers=1, progress=config.progress,
+                    desc=f"text {encoder.name}")
