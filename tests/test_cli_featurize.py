@@ -126,7 +126,7 @@ def test_sigkill_mid_run_then_resume_is_identical_to_an_uninterrupted_run(run_di
 def test_two_concurrent_shard_processes_equal_one_process(run_dir, reference):
     d, manifest = run_dir
     cache = d / "sharded"
-    procs = [start("featurize", "audio", manifest, "--cache", cache, "--shard", f"{i}/2", *RUN_ARGS) for i in (0, 1)]
+    procs = [start("featurize", "audio", manifest, "--cache", cache, "--task", f"{i}/2", *RUN_ARGS) for i in (0, 1)]
     summaries = [finish(p) for p in procs]
     # 12 shards of 8 rows: each process owns 6 whole shards and nothing else
     assert [s["done"] for s in summaries] == [N_ROWS // 2, N_ROWS // 2]
@@ -199,8 +199,9 @@ def test_library_errors_exit_2_with_a_message_not_a_traceback(bad_manifest, tmp_
     res = invoke("featurize", "audio", other, "--cache", cache, "--encoder", "tiny-audio")
     assert res.exit_code == 0, res.output
     res = invoke("featurize", "audio", manifest, "--cache", cache, "--encoder", "tiny-audio")
-    assert res.exit_code == 2 and res.stderr.startswith("error: ") and "planned for another manifest" in res.stderr
-    res = invoke("featurize", "audio", other, "--cache", cache, "--encoder", "tiny-audio", "--shard", "2/2")
+    # another manifest into the same cache: the plan follows it and says what it did
+    assert res.exit_code == 1 and f"plan: added {1 + len(BAD_KINDS)}, changed 2, kept 0, removed 0" in res.stdout
+    res = invoke("featurize", "audio", other, "--cache", cache, "--encoder", "tiny-audio", "--task", "2/2")
     assert res.exit_code == 2 and "need 0 <= I < N" in res.stderr
     res = invoke("featurize", "audio", other, "--cache", cache, "--encoder", "nope")
     assert res.exit_code == 2 and "unknown audio encoder 'nope'" in res.stderr

@@ -28,7 +28,7 @@ from duetmc.featurize.hf import EncoderLoadError, duetmc_home, strict_from_pretr
 from duetmc.featurize.locks import ShardClaims, plan_lock
 from duetmc.featurize.plan import (REMOVED, PlannedItem, diff_plan, fingerprint, plan_items, report,  # noqa: F401
                                    window_layout)
-from duetmc.featurize.rows import Job, RunSummary, fixed_batches, run_rows
+from duetmc.featurize.rows import Job, RunSummary, check_positive, fixed_batches, parse_task, run_rows, shards_of_task
 from duetmc.manifest import Item, load_manifest
 
 
@@ -157,11 +157,16 @@ class AudioFeaturizeConfig:
     layers: tuple[int, ...] | None = None
     batch_size: int = 8
     workers: int = 2
-    shard: str | None = None
+    task: str | None = None  # "I/N": this process featurizes the I-th of N whole-shard ranges
     device: str = "cpu"
     dtype: str = "float32"  # compute dtype; bf16 or fp16 on GPU. Features are stored as float16.
     rows_per_shard: int = cache_spec.DEFAULT_ROWS_PER_SHARD
     progress: bool = True
+
+    def __post_init__(self):  # at the boundary: before any encoder is loaded or cache created
+        check_positive(window=self.window_s, hop=self.hop_s, tokens=self.tokens, batch_size=self.batch_size,
+                       workers=self.workers, rows_per_shard=self.rows_per_shard)
+        parse_task(self.task)
 
     @property
     def settings(self) -> AudioSettings:
@@ -408,10 +413,9 @@ def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
     encoder.to(config.device, dtype)
     items, plans = _stored_items(group, manifest_items)
     job, readers = _window_job(group, items, plans, encoder, config, dtype)
-    task, n_tasks = cache_spec.parse_shard(config.shard)
-    n_shards = len(cache_spec.shard_ranges(group["done"].shape[0], int(group.attrs["rows_per_shard"])))
+    shards = shards_of_task(group["done"].shape[0], int(group.attrs["rows_per_shard"]), config.task)
     try:
-        summary = run_rows(group, cache_spec.task_shards(n_shards, task, n_tasks), job,
+        summary = run_rows(group, shards, job,
                            ShardClaims(config.cache, group.path), workers=config.workers,
                            progress=config.progress, desc=f"audio {encoder.name}")
     finally:

@@ -21,8 +21,38 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from duetmc.cache_spec import shard_ranges
+from duetmc.cache_spec import shard_ranges, task_shards
+from duetmc.errors import UsageError
 from duetmc.featurize.locks import ShardClaims
+
+
+def parse_task(spec: str | None) -> tuple[int, int]:
+    """'I/N' (the --task option: this process runs the I-th of N whole-shard ranges, 0-based) -> (I, N)."""
+    if spec is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise UsageError(f"--task must look like I/N (for example 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise UsageError(f"--task {spec}: need 0 <= I < N")
+    return i, n
+
+
+def shards_of_task(n_rows: int, rows_per_shard: int, task: str | None) -> list[int]:
+    i, n = parse_task(task)
+    return task_shards(len(shard_ranges(n_rows, rows_per_shard)), i, n)
+
+
+def check_positive(**values) -> None:
+    """UsageError naming the option (--window, --rows-per-shard ...) whose value is not > 0."""
+    import math
+
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
 
 
 @dataclass
