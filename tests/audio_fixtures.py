@@ -54,7 +54,9 @@ def write_audio(path: str | Path, data: np.ndarray, sr: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt, subtype = FORMATS[path.suffix.lstrip(".").lower()]
-    sf.write(str(path), data, sr, format=fmt, subtype=subtype)
+    with sf.SoundFile(str(path), "w", sr, data.shape[1] if data.ndim > 1 else 1, subtype, format=fmt) as f:
+        for i in range(0, len(data), 1 << 15):  # one huge write crashes libsndfile's Vorbis encoder
+            f.write(data[i:i + (1 << 15)])
     return path
 
 

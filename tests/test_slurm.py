@@ -186,7 +186,7 @@ def test_dry_run_prints_a_script_sbatch_accepts(slurm_cluster, reference, tmp_pa
                  "#SBATCH --cpus-per-task=1", f"#SBATCH --output={cache}/logs/featurize_audio_%A_%a.out",
                  f"MANIFEST={manifest}", f"CACHE={cache}", "ENCODER=tiny-audio", "TASKS=4",
                  "EXTRA_ARGS=(--window 1.0 --tokens 4 --workers 1 --rows-per-shard 2)",
-                 '--shard "${SLURM_ARRAY_TASK_ID}/${SHARDS}"'):
+                 '--task "${SLURM_ARRAY_TASK_ID}/${TASKS}"'):
         assert line + "\n" in script or line in script, line
     assert not [ln for ln in script.splitlines() if ln.startswith("#SBATCH --gpus")]  # --gpus-per-task 0: CPU only
     assert not (cache / "logs").exists()  # nothing written, nothing submitted
