@@ -6,7 +6,7 @@ version and reports that process's peak RSS (`ru_maxrss` of the child). Decoding
 in blocks, so the peak should not grow with the track; `--also REPO_DIR` runs another checkout's code on
 the same file for a side-by-side number (e.g. the commit before block decoding).
 
-    .venv/bin/python bench/featurize_memory.py --minutes 60 [--also /tmp/old-checkout]
+    .venv/bin/python bench/featurize_memory.py --minutes 60 [--also /tmp/old-checkout [--only-also]]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def featurize(code: Path, manifest: Path, cache: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "duetmc", "featurize", "audio", str(manifest), "--cache", str(cache),
-                           "--encoder", "tiny-audio", "--workers", "2", "--json"], env=env, capture_output=True, text=True)
+                           "--encoder", "tiny-audio", "--workers", "2", "--json"], env=env, cwd=str(code), capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
@@ -58,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--also", type=Path, default=None, help="another checkout to measure on the same file (runs last)")
+    ap.add_argument("--only-also", action="store_true", help="measure only the --also checkout")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="duetmc_bench8_", dir="/tmp") as tmp:
         tmp = Path(tmp)
@@ -66,7 +67,7 @@ def main() -> None:
         manifest = tmp / "m.jsonl"
         manifest.write_text(json.dumps({"id": "long", "audio": str(track)}) + "\n")
         results = {"minutes": args.minutes, "file_mb": round(track.stat().st_size / 1e6, 1),
-                   "runs": [featurize(REPO, manifest, tmp / "cache")]}
+                   "runs": [] if args.only_also else [featurize(REPO, manifest, tmp / "cache")]}
         if args.also is not None:
             results["runs"].append(featurize(args.also, manifest, tmp / "cache_also"))
     print(json.dumps(results, indent=2))
