@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import zarr
 
 from audio_fixtures import BAD_KINDS, clip_set, write_bad, write_manifest_rows, write_sine
 from duetmc import cache_spec
@@ -349,6 +350,21 @@ def test_the_plan_follows_an_edited_manifest(small, tmp_path):
         assert featurize(edited, cache).plan["changed"] == ["clip003"]
     finally:  # the fixture is shared
         os.utime(d / "clip003.wav", ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_cache_planned_before_fingerprints_keeps_finished_items_and_replans_the_rest(small, tmp_path):
+    d, manifest = small
+    cache = tmp_path / "c"
+    shutil.copytree(d / "cache", cache)
+    g = group_of(cache)
+    kept = g["features"][:]
+    shutil.rmtree(cache / "audio" / g.basename / "item_source")  # as written by an older duetmc
+    zarr.open_array(str(cache / "audio" / g.basename / "done"), mode="r+")[1] = False  # clip001 unfinished
+    summary = featurize(manifest, cache, rows_per_shard=2, batch_size=2)
+    assert summary.plan["changed"] == ["clip001"] and summary.plan["kept"] == 3 and summary.done == 1
+    g = group_of(cache)
+    np.testing.assert_array_equal(g["features"][:4][[0, 2, 3]], kept[[0, 2, 3]])
+    assert cache_spec.group_status(g, "audio", "").items_done == 4
 
 
 def test_a_file_missing_at_plan_time_is_planned_when_it_appears(tmp_path):

@@ -248,9 +248,12 @@ def _update_group(group, items: list[Item], config, sr: int, win: int, hop: int)
     split = cache_spec.read_strings(group["split"]).tolist()
     if "item_source" in group:
         stored = [PlannedItem.from_json(t) for t in cache_spec.read_strings(group["item_source"])]
-    else:  # planned before fingerprints existed: take the ids' current files as what was planned
+    else:  # planned before fingerprints existed: keep finished items as they are, re-plan the others
         pos = {it.id: it for it in items}
-        stored = [PlannedItem(fingerprint(pos[i]) if i in pos else {}, None, "", []) for i in ids]
+        done = np.asarray(group["done"][:], dtype=bool)
+        finished = [bool(done[s:s + n].all()) for s, n in np.asarray(group["item_rows"][:])]
+        stored = [PlannedItem(fingerprint(pos[i]) if i in pos and ok else {}, None, "", [])
+                  for i, ok in zip(ids, finished)]
         cache_spec.create_array(group, "item_source", (len(ids),), str, (max(1, len(ids)),), ["item"])[:] = \
             np.array([p.to_json() for p in stored], dtype=object)
     d = diff_plan(items, ids, stored, split)
@@ -370,8 +373,8 @@ def _window_job(group, items, plans, encoder: AudioEncoder, config, dtype) -> tu
 
     def window(r: int):
         k, n = int(row_item[r]), int(lengths[r])
-        if plans[k].failure:
-            raise AudioError(plans[k].failure)
+        if plans[k].failure or plans[k].scan is None:
+            raise AudioError(plans[k].failure or "not planned by this version of duetmc; rerun featurize")
         if n < encoder.min_samples:
             raise AudioError(f"too short: {n / sr:.4f} s, the encoder needs at least {encoder.min_samples / sr:.4f} s")
         return readers.get(k).read(int(row_start[r]), n)
