@@ -67,7 +67,8 @@ TASK_HELP = ("I/N: this process featurizes the I-th of N whole-shard ranges (0-b
 @click.option("--tokens", default=4, type=click.IntRange(min=1), show_default=True,
               help="Tokens per window after time pooling.")
 @click.option("--layers", default="all", show_default=True, help="Hidden states to store: 'all' or e.g. 0,6,12.")
-@click.option("--batch-size", default=8, type=click.IntRange(min=1), show_default=True)
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Windows per encoder call [default: 1 for musicnn (fastest on CPU), 8 otherwise].")
 @click.option("--workers", default=2, type=click.IntRange(min=1), show_default=True, help="Decode threads.")
 @click.option("--task", default=None, help=TASK_HELP)
 @click.option("--device", default="cpu", show_default=True)

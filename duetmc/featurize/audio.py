@@ -41,13 +41,16 @@ class AudioEncoderSpec:
     source: str  # HF id, or a name the family resolves
     sample_rate: int
     normalize: bool = False  # zero-mean unit-variance input, as the model's feature extractor does
+    # the default --batch-size: musicnn's forward on a batch of 8 takes 2x eight single forwards on CPU
+    # (BENCHMARKS.md §3: batch 1 is 4.4x a plain loop, batch 8 0.83x)
+    batch_size: int = 8
 
 
 AUDIO_ENCODERS: dict[str, AudioEncoderSpec] = {
     "mert-v1-95m": AudioEncoderSpec("hubert", "m-a-p/MERT-v1-95M", 24000, normalize=True),
     "mert-v1-330m": AudioEncoderSpec("hubert", "m-a-p/MERT-v1-330M", 24000, normalize=True),
-    "musicnn-mtt": AudioEncoderSpec("musicnn", "musicnn-mtt", 16000),
-    "musicnn-msd": AudioEncoderSpec("musicnn", "musicnn-msd", 16000),
+    "musicnn-mtt": AudioEncoderSpec("musicnn", "musicnn-mtt", 16000, batch_size=1),
+    "musicnn-msd": AudioEncoderSpec("musicnn", "musicnn-msd", 16000, batch_size=1),
     "tiny-audio": AudioEncoderSpec("tiny-hubert", "tiny-audio", 24000),
 }
 
@@ -155,7 +158,7 @@ class AudioFeaturizeConfig:
     hop_s: float | None = None
     tokens: int = 4
     layers: tuple[int, ...] | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the encoder's default (AudioEncoderSpec.batch_size)
     workers: int = 2
     task: str | None = None  # "I/N": this process featurizes the I-th of N whole-shard ranges
     device: str = "cpu"
@@ -235,7 +238,8 @@ def _create_group(root, key, items, plans, config, encoder, layers, sr, win, hop
     group.attrs.update(cache_spec.provenance(config.settings, encoder.info, {
         "modality": "audio", "sample_rate": sr, "window_samples": win, "hop_samples": hop,
         "layers": layers, "n_layers_encoder": encoder.n_layers, "dim": encoder.dim,
-        "rows_per_shard": rps, "batch_size": config.batch_size, "min_samples": encoder.min_samples,
+        "rows_per_shard": rps, "min_samples": encoder.min_samples,
+        "batch_size": config.batch_size or getattr(AUDIO_ENCODERS.get(encoder.name), "batch_size", 8),
         "compute_dtype": config.dtype,
         "manifest": str(Path(config.manifest).resolve()) if config.manifest else None,
     }))
