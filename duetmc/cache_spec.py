@@ -5,8 +5,10 @@
         features  [window, layer, token, dim] float16   sharded: `rows_per_shard` windows per shard
         done      [window] bool                          1-D arrays chunked like the shards, so a
         failure   [window] str                           writer of one shard touches no other's files
-        window_item [window] int32, window_start [window] float32 (seconds from the item's start)
-        ids       [item] str, item_rows [item, 2] int64 (first window, window count)
+        window_item [window] int32, window_start [window] float32 (seconds from the item's start);
+                  window_item -1: a retired row (its item was re-planned or removed)
+        ids       [item] str, item_rows [item, 2] int64 (first window, window count; 0 for a removed item)
+        item_source [item] str       the plan of each item: fingerprint and decoder scan (featurize.plan)
       text/<key>/
         features  [text, layer, token, dim] float16, lengths/done/failure [text], texts [text] str
         records/  one row per views-file record: text_row, item, kind, lang, view, parent_row,
@@ -16,7 +18,7 @@ Rows of `audio/*` are windows: a 10 s clip is one row, a 2-minute track twelve. 
 all its windows are; its failure reason is that of its first failed window. `<key>` encodes every
 setting that changes the features, so several encoders and settings coexist in one cache.
 
-Zarr v3 has no cross-process locking, so every writer owns whole shards (`shard_rows`).
+Zarr v3 has no cross-process locking, so every writer claims whole shards (featurize.locks).
 """
 
 from __future__ import annotations
