@@ -16,7 +16,6 @@ import math
 import re
 import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf

@@ -12,6 +12,7 @@ Preparation (decode, resample, tokenise) runs ahead in a thread pool while the e
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,8 +47,6 @@ def shards_of_task(n_rows: int, rows_per_shard: int, task: str | None) -> list[i
 
 def check_positive(**values) -> None:
     """UsageError naming the option (--window, --rows-per-shard ...) whose value is not > 0."""
-    import math
-
     for name, value in values.items():
         if value is None:
             continue
