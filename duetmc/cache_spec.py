@@ -5,8 +5,10 @@
         features  [window, layer, token, dim] float16   sharded: `rows_per_shard` windows per shard
         done      [window] bool                          1-D arrays chunked like the shards, so a
         failure   [window] str                           writer of one shard touches no other's files
-        window_item [window] int32, window_start [window] float32 (seconds from the item's start)
-        ids       [item] str, item_rows [item, 2] int64 (first window, window count)
+        window_item [window] int32, window_start [window] float32 (seconds from the item's start);
+                  window_item -1: a retired row (its item was re-planned or removed)
+        ids       [item] str, item_rows [item, 2] int64 (first window, window count; 0 for a removed item)
+        item_source [item] str       the plan of each item: fingerprint and decoder scan (featurize.plan)
       text/<key>/
         features  [text, layer, token, dim] float16, lengths/done/failure [text], texts [text] str
         records/  one row per views-file record: text_row, item, kind, lang, view, parent_row,
@@ -16,7 +18,7 @@ Rows of `audio/*` are windows: a 10 s clip is one row, a 2-minute track twelve. 
 all its windows are; its failure reason is that of its first failed window. `<key>` encodes every
 setting that changes the features, so several encoders and settings coexist in one cache.
 
-Zarr v3 has no cross-process locking, so every writer owns whole shards (`shard_rows`).
+Zarr v3 has no cross-process locking, so every writer claims whole shards (featurize.locks).
 """
 
 from __future__ import annotations
@@ -140,19 +142,6 @@ def state_dict_sha256(state: dict[str, Any]) -> str:
 
 def shard_ranges(n_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
     return [(s, min(s + rows_per_shard, n_rows)) for s in range(0, n_rows, rows_per_shard)]
-
-
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """'I/N' -> (I, N), 0-based I; None -> (0, 1)."""
-    if spec is None:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise CacheError(f"--shard must look like I/N (for example 0/4), got {spec!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise CacheError(f"--shard {spec}: need 0 <= I < N")
-    return i, n
 
 
 def task_shards(n_shards: int, task: int, n_tasks: int) -> list[int]:
@@ -426,30 +415,35 @@ def group_status(group: zarr.Group, modality: str, key: str) -> GroupStatus:
     """Progress from the done-mask itself, shard by shard."""
     done = np.asarray(group["done"][:], dtype=bool)
     failure = read_strings(group["failure"])
-    failed = (failure != "") & ~done
+    # audio rows of re-planned or removed items are retired (window_item -1): not part of any count
+    live = np.asarray(group["window_item"][:]) >= 0 if modality == "audio" else np.ones(len(done), bool)
+    done &= live
+    failed = (failure != "") & ~done & live
     rps = int(group.attrs["rows_per_shard"])
     shards = []
     for s, (lo, hi) in enumerate(shard_ranges(len(done), rps)):
-        d, f = int(done[lo:hi].sum()), int(failed[lo:hi].sum())
-        shards.append({"shard": s, "rows": hi - lo, "done": d, "failed": f, "pending": hi - lo - d - f})
+        d, f, n = int(done[lo:hi].sum()), int(failed[lo:hi].sum()), int(live[lo:hi].sum())
+        shards.append({"shard": s, "rows": n, "done": d, "failed": f, "pending": n - d - f})
     if modality == "audio":
         ids = read_strings(group["ids"])
         item_rows = np.asarray(group["item_rows"][:])
         items_done = items_failed = 0
         failures = []
         for i, (start, count) in enumerate(item_rows):
+            if count == 0:  # removed from the manifest
+                continue
             sl = slice(int(start), int(start + count))
             if done[sl].all():
                 items_done += 1
             elif failed[sl].any():
                 items_failed += 1
                 failures.append((str(ids[i]), str(failure[sl][failed[sl]][0])))
-        n_items = len(ids)
+        n_items = int((item_rows[:, 1] > 0).sum())
     else:
         texts = read_strings(group["texts"])
         n_items, items_done, items_failed = len(done), int(done.sum()), int(failed.sum())
         failures = [(texts[i][:60], failure[i]) for i in np.flatnonzero(failed)]
-    return GroupStatus(modality, key, len(done), int(done.sum()), int(failed.sum()), n_items, items_done,
+    return GroupStatus(modality, key, int(live.sum()), int(done.sum()), int(failed.sum()), n_items, items_done,
                        items_failed, shards, failures)
 
 
@@ -530,10 +524,13 @@ def validate_cache(url: str, scheduler: str | None = None) -> list[str]:
                 problems.append(f"{where}: {int(both.sum())} rows are marked both done and failed")
             if modality == "audio":
                 item_rows = np.asarray(group["item_rows"][:])
-                expected = np.repeat(np.arange(len(item_rows)), item_rows[:, 1])
+                expected = np.full(n, -1)  # rows no item points to are retired (-1)
+                for i, (s, c) in enumerate(item_rows):
+                    expected[s:s + c] = i
                 if not np.array_equal(expected, np.asarray(group["window_item"][:])):
                     problems.append(f"{where}: window -> item map disagrees with item_rows")
-            pending = int((~done & (failure == "")).sum())
+            live = np.asarray(group["window_item"][:]) >= 0 if modality == "audio" else True
+            pending = int((~done & (failure == "") & live).sum())
             if pending:
                 problems.append(f"{where}: {pending} rows not featurized yet (rerun the featurizer to finish)")
     finally:

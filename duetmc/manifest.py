@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
 from duetmc.errors import DuetmcError
 
 SPLITS = ("train", "val", "test")
@@ -59,6 +61,21 @@ class Item:
         return row
 
 
+def jsonl_lines(path: Path, error: type[DuetmcError]) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a UTF-8 JSONL file; `error` names a line that is not UTF-8."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path}:{lineno}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                            "save the file as UTF-8") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
+            if line.strip():
+                yield lineno, line
+
+
 def _str_list(value, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ManifestError(f"{where}: expected a list of strings, got {json.dumps(value)[:80]}")
@@ -85,8 +102,9 @@ def parse_row(row: object, where: str, base: Path) -> Item:
             raise ManifestError(f"{where}: field '{name}' must be a non-empty string, got {json.dumps(row[name])[:80]}")
     start, end = row.get("start"), row.get("end")
     for name, v in (("start", start), ("end", end)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-            raise ManifestError(f"{where}: field '{name}' must be a non-negative number of seconds, got {json.dumps(v)}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+            raise ManifestError(f"{where}: field '{name}' must be a finite non-negative number of seconds, "
+                                f"got {json.dumps(v)}")
     if start is not None and end is not None and end <= start:
         raise ManifestError(f"{where}: 'end' ({end}) must be greater than 'start' ({start})")
     split = row.get("split")
@@ -111,25 +129,22 @@ def parse_row(row: object, where: str, base: Path) -> Item:
 def load_manifest(path: str | Path) -> list[Item]:
     """Load and validate a manifest; audio paths resolve against the manifest's folder."""
     path = Path(path)
-    if not path.exists():
-        raise ManifestError(f"{path}: manifest not found")
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found" + (" (it is a directory)" if path.is_dir() else ""))
     base = path.resolve().parent
     items: list[Item] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from None
-            item = parse_row(row, where, base)
-            if item.id in seen:
-                raise ManifestError(f"{where}: field 'id': duplicate id {item.id!r}, first seen on line {seen[item.id]}; ids must be unique")
-            seen[item.id] = lineno
-            items.append(item)
+    for lineno, line in jsonl_lines(path, ManifestError):
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from None
+        item = parse_row(row, where, base)
+        if item.id in seen:
+            raise ManifestError(f"{where}: field 'id': duplicate id {item.id!r}, first seen on line {seen[item.id]}; ids must be unique")
+        seen[item.id] = lineno
+        items.append(item)
     if not items:
         raise ManifestError(f"{path}: manifest has no items")
     return items

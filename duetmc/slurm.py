@@ -1,7 +1,8 @@
-"""SLURM submission: render the sbatch templates in `duetmc/resources/slurm/`, submit them, and track what was submitted.
+"""SLURM submission: render the sbatch templates in `duetmc/resources/slurm/`, submit them, and track
+what was submitted.
 
 Everything distributed here is SLURM's own machinery: a featurize run is one job array whose task I of
-N runs `duetmc featurize ... --shard I/N` over whole cache shards (Zarr v3 has no cross-process
+N runs `duetmc featurize ... --task I/N` over whole cache shards (Zarr v3 has no cross-process
 locking, DESIGN.md §4); training uses `--requeue` and `--signal=B:USR1@120` so the trainer can
 checkpoint before preemption. Progress comes from the cache's done-mask, never from `sacct`.
 
@@ -35,6 +36,15 @@ class SlurmError(DuetmcError, RuntimeError):
     """SLURM is unreachable, refused a job, or a submission would be unsafe. The message says what to do."""
 
 
+# What SLURM accepts for each string resource: names, lists of names, times, sizes; never a shell character.
+_RESOURCE_PATTERNS = {
+    "partition": (r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*", "gpu or gpu,cpu"),
+    "account": (r"[A-Za-z0-9_.+-]+", "my-lab"),
+    "time": (r"[0-9]+(-[0-9]{1,2})?(:[0-9]{1,2}){0,2}", "04:00:00 or 1-12:00:00"),
+    "mem": (r"[0-9]+[KMGT]?B?", "32G"),
+}
+
+
 @dataclass(frozen=True)
 class Resources:
     """Per-job overrides of the template's `#SBATCH` lines; None keeps the template's value.
@@ -49,6 +59,21 @@ class Resources:
     cpus_per_task: int | None = None
     gpus_per_task: int | None = None
     gpus_per_node: int | None = None
+
+    def __post_init__(self):
+        # values land verbatim in "#SBATCH --opt=value" lines: a newline there would start a shell command
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            option = "--" + f.name.replace("_", "-")
+            if value is None:
+                continue
+            if f.name in _RESOURCE_PATTERNS:
+                pattern, example = _RESOURCE_PATTERNS[f.name]
+                if not isinstance(value, str) or not re.fullmatch(pattern, value):
+                    raise SlurmError(f"{option} {value!r} is not a valid SLURM value (expected e.g. {example}); "
+                                     "it would be written into an #SBATCH line")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SlurmError(f"{option} must be a non-negative integer, got {value!r}")
 
     def overrides(self) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
@@ -65,13 +90,13 @@ class Resources:
 
 
 def template_path(name: str) -> Path:
-    """`duetmc/resources/slurm/<name>.sbatch` from the package, or from $DUETMC_SLURM_TEMPLATES (edited copies)."""
+    """`<name>.sbatch` from the package (duetmc/resources/slurm), or from $DUETMC_SLURM_TEMPLATES (edited copies)."""
     folder = Path(os.environ.get(TEMPLATES_ENV) or Path(__file__).resolve().parent / "resources" / "slurm")
     path = folder / f"{name}.sbatch"
     if not path.is_file():
         raise SlurmError(
             f"sbatch template {path} not found. Set {TEMPLATES_ENV} to a folder holding {name}.sbatch "
-            "(copy the templates from duetmc/resources/slurm/ in the installed package)."
+            "(copy the templates from duetmc/resources/slurm/ of the duetmc package)."
         )
     return path
 
@@ -113,6 +138,11 @@ def render(name: str, fields: dict[str, str | int | list], resources: Resources 
     if missing:
         raise SlurmError(f"{path}: no value for {', '.join('{{%s}}' % m for m in missing)}; "
                          f"this duetmc fills in {', '.join(sorted(fields))}")
+    for name, value in fields.items():  # quoting protects shell lines, not "#SBATCH" lines: no line breaks
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if any(c in str(v) for c in "\n\r\0"):
+                raise SlurmError(f"{name.lower()} {str(v)!r} contains a line break or NUL byte, which would end "
+                                 "the script's line and start a command; rename it")
     return _PLACEHOLDER.sub(lambda m: _quote(fields[m.group(1)]), text)
 
 
@@ -210,7 +240,7 @@ class Submission:
     script: str
     submitted: str
     tasks: list[int] = field(default_factory=list)  # array task ids submitted
-    n_tasks: int = 0  # the N of --shard I/N
+    n_tasks: int = 0  # the N of --task I/N
     command: list[str] = field(default_factory=list)  # the `duetmc slurm ...` line, for resubmission
 
 
@@ -328,7 +358,7 @@ def submit_featurize(
     force: bool = False,
     only_incomplete: bool = False,
 ) -> FeaturizeJob:
-    """Plan the cache, then submit one array whose task I runs `duetmc featurize MODALITY --shard I/N`.
+    """Plan the cache, then submit one array whose task I runs `duetmc featurize MODALITY --task I/N`.
 
     `config` is an AudioFeaturizeConfig or TextFeaturizeConfig; `extra_args` are the featurize options
     the tasks repeat (they must describe the same settings as `config`). A dry run plans the cache
@@ -337,7 +367,7 @@ def submit_featurize(
     if modality not in MODALITIES:
         raise SlurmError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if n_tasks < 1:
-        raise SlurmError(f"--shards must be at least 1, got {n_tasks}")
+        raise SlurmError(f"--tasks must be at least 1, got {n_tasks}")
     cache_dir = _local_dir(config.cache)
     if not dry_run:
         require_slurm()
@@ -363,7 +393,7 @@ def submit_featurize(
     text = render(kind, {
         "ARRAY": array_spec(tasks), "LOG_DIR": str(log_dir), "DUETMC": duetmc_executable(),
         source: str(Path(getattr(config, source.lower())).absolute()), "CACHE": str(cache_dir),
-        "ENCODER": config.encoder, "SHARDS": n_tasks, "EXTRA_ARGS": list(extra_args),
+        "ENCODER": config.encoder, "TASKS": n_tasks, "EXTRA_ARGS": list(extra_args),
     }, resources)
     if dry_run:
         return FeaturizeJob(text, None, None, tasks, n_tasks, target, notes)

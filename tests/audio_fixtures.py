@@ -22,11 +22,12 @@ FORMATS = {
 }
 
 # Every kind of bad input `write_bad` can make, with a substring of the reason the featurizer gives.
+# ("truncated", a valid wav with bytes cut off its end, is not bad: what decodes is featurized, with a
+# warning naming both lengths.)
 BAD_KINDS = {
     "missing": "not found",  # the manifest points at no file
     "empty": "cannot decode",  # a zero-byte file
     "text": "cannot decode",  # a text file named .wav
-    "truncated": "truncated",  # a valid wav with bytes cut off its end
     "header_only": "empty audio",  # a wav header promising 0 samples
     "silent": "silent",  # all zeros
     "too_short": "too short",  # fewer samples than one encoder frame (tiny HuBERT: 400 at 24 kHz)
@@ -53,7 +54,9 @@ def write_audio(path: str | Path, data: np.ndarray, sr: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt, subtype = FORMATS[path.suffix.lstrip(".").lower()]
-    sf.write(str(path), data, sr, format=fmt, subtype=subtype)
+    with sf.SoundFile(str(path), "w", sr, data.shape[1] if data.ndim > 1 else 1, subtype, format=fmt) as f:
+        for i in range(0, len(data), 1 << 15):  # one huge write crashes libsndfile's Vorbis encoder
+            f.write(data[i:i + (1 << 15)])
     return path
 
 

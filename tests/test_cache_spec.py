@@ -31,15 +31,18 @@ def test_task_shards_partition_whole_shards_without_overlap():
                 assert p == list(range(p[0], p[0] + len(p))) if p else True  # contiguous
 
 
-def test_shard_ranges_and_parse_shard():
+def test_shard_ranges_and_parse_task():
+    from duetmc.errors import UsageError
+    from duetmc.featurize.rows import parse_task
+
     assert cache_spec.shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert cache_spec.shard_ranges(8, 4) == [(0, 4), (4, 8)]
     assert cache_spec.shard_ranges(0, 4) == []
-    assert cache_spec.parse_shard(None) == (0, 1)
-    assert cache_spec.parse_shard("2/5") == (2, 5)
+    assert parse_task(None) == (0, 1)
+    assert parse_task("2/5") == (2, 5)
     for bad in ("5/5", "-1/2", "1/0", "a/b", "1", "1/2/3"):
-        with pytest.raises(CacheError, match="--shard"):
-            cache_spec.parse_shard(bad)
+        with pytest.raises(UsageError, match="--task"):
+            parse_task(bad)
 
 
 def test_settings_keys_encode_every_feature_setting():

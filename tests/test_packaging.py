@@ -48,7 +48,7 @@ def test_wheel_holds_package_data_and_runs_slurm_dry_run(tmp_path):
                            capture_output=True, text=True, check=True)
     assert probe.stdout.strip().startswith(str(site)), probe.stdout  # the wheel's copy, not the checkout
     res = subprocess.run([sys.executable, "-m", "duetmc", "slurm", "featurize", "audio", "manifest.jsonl",
-                          "--cache", "cache.zarr", "--encoder", "tiny-audio", "--shards", "1", "--dry-run"],
+                          "--cache", "cache.zarr", "--encoder", "tiny-audio", "--tasks", "1", "--dry-run"],
                          env=env, cwd=work, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "#SBATCH --array" in res.stdout and "featurize audio" in res.stdout, res.stdout

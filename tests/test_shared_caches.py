@@ -195,12 +195,12 @@ def test_a_base_that_grew_after_the_overlay_is_reported(lab, tmp_path):
     from duetmc.overlay import CacheDriftWarning
 
     base = tmp_path / "growing.zarr"
-    featurize_audio(lab["root"] / "manifest.jsonl", base, shard="0/2")
+    featurize_audio(lab["root"] / "manifest.jsonl", base, task="0/2")
     create_overlay(str(tmp_path / "o.zarr"), [str(base)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cache_spec.open_root(str(tmp_path / "o.zarr"))  # unchanged: silent
-    featurize_audio(lab["root"] / "manifest.jsonl", base, shard="1/2")  # another featurizer appends
+    featurize_audio(lab["root"] / "manifest.jsonl", base, task="1/2")  # another featurizer appends
     with pytest.warns(CacheDriftWarning, match=r"audio/tiny-audio.w2.h2.t2.lall changed \(done rows 8 -> 24\).*--refresh"):
         cache_spec.open_root(str(tmp_path / "o.zarr"))
     assert refresh_overlay(str(tmp_path / "o.zarr")) == [
@@ -440,7 +440,7 @@ print(reads, int(index.usable.sum()))
 
 def test_readers_keep_working_while_a_featurizer_appends(lab, tmp_path):
     cache = tmp_path / "growing.zarr"
-    featurize_audio(lab["root"] / "manifest.jsonl", cache, shard="0/3")
+    featurize_audio(lab["root"] / "manifest.jsonl", cache, task="0/3")
     featurize_text(lab["root"] / "views.jsonl", cache)
     stop = tmp_path / "stop"
     reader = subprocess.Popen([sys.executable, "-c", READER, str(cache), str(stop)], stdout=subprocess.PIPE,

@@ -37,18 +37,18 @@ def make_manifest(folder: Path, n: int = 8) -> Path:
 
 def featurize_args(manifest: Path, cache: Path, *more: str) -> list[str]:
     return ["slurm", "featurize", "audio", str(manifest), "--cache", str(cache), "--encoder", "tiny-audio",
-            "--shards", "4", *FEATURIZE, *RESOURCES, *more]
+            "--tasks", "4", *FEATURIZE, *RESOURCES, *more]
 
 
 def invoke(args: list[str], env: dict | None = None):
     return CliRunner().invoke(main, [str(a) for a in args], env=env)
 
 
-def featurize_locally(manifest: Path, cache: Path, shard: str | None = None) -> None:
+def featurize_locally(manifest: Path, cache: Path, task: str | None = None) -> None:
     from duetmc.featurize.audio import AudioFeaturizeConfig, featurize_audio
 
     featurize_audio(AudioFeaturizeConfig(str(manifest), str(cache), "tiny-audio", window_s=1.0, workers=1,
-                                         rows_per_shard=2, shard=shard, progress=False))
+                                         rows_per_shard=2, task=task, progress=False))
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -132,11 +132,44 @@ def test_status_of_a_partly_done_cache_lists_incomplete_tasks_and_the_resubmit_l
 def test_dry_run_text_array_runs_featurize_text(tmp_path):
     manifest = make_manifest(tmp_path)
     res = invoke(["slurm", "featurize", "text", manifest, "--cache", tmp_path / "cache", "--encoder", "tiny-text",
-                  "--shards", "2", "--batch-size", "4", "--dry-run"])
+                  "--tasks", "2", "--batch-size", "4", "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "#SBATCH --array=0" in res.stdout  # 8 captions fit one 256-row shard: one task
     assert "featurize text \"$INPUT\"" in res.stdout and "EXTRA_ARGS=(--batch-size 4)" in res.stdout
     assert "using 1 array task(s) instead of 2" in res.output
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--partition", "gpu\ntouch /tmp/X"), ("--partition", "gpu;touch /tmp/X"), ("--account", "$(touch /tmp/X)"),
+    ("--time", "04:00:00\nrm -rf ~"), ("--mem", "32G `id`"),
+])
+def test_resource_values_that_could_run_commands_are_refused(tmp_path, option, value):
+    manifest = make_manifest(tmp_path)
+    res = invoke(["slurm", "featurize", "audio", manifest, "--cache", tmp_path / "c", "--encoder", "tiny-audio",
+                  "--tasks", "2", option, value, "--dry-run"])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: {option} ") and "not a valid SLURM value" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "#SBATCH" not in res.stdout
+
+
+def test_line_breaks_in_paths_never_reach_the_script(tmp_path):
+    odd = make_manifest(tmp_path / "x\ntouch X")
+    res = invoke(["slurm", "featurize", "audio", odd, "--cache", tmp_path / "c", "--encoder", "tiny-audio",
+                  "--tasks", "2", "--dry-run"])
+    assert res.exit_code == 2 and "line break" in res.output and "#SBATCH" not in res.stdout
+    manifest = make_manifest(tmp_path)
+    ok = invoke(["slurm", "featurize", "audio", manifest, "--cache", tmp_path / "c", "--encoder", "tiny-audio",
+                 "--tasks", "2", "--partition", "gpu,cpu", "--time", "1-12:00:00", "--mem", "32G", "--dry-run"])
+    assert ok.exit_code == 0, ok.output
+    assert "#SBATCH --partition=gpu,cpu\n" in ok.stdout and "#SBATCH --time=1-12:00:00\n" in ok.stdout
+
+
+def test_templates_ship_inside_the_package():
+    from importlib import resources
+
+    folder = resources.files("duetmc") / "resources" / "slurm"
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".sbatch")) == [
+        "ablate.sbatch", "featurize_audio.sbatch", "featurize_text.sbatch", "train.sbatch"]
 
 
 # --- on the local SLURM cluster ------------------------------------------------------------------
@@ -151,9 +184,9 @@ def test_dry_run_prints_a_script_sbatch_accepts(slurm_cluster, reference, tmp_pa
     script = res.stdout
     for line in ("#SBATCH --array=0-3", "#SBATCH --partition=debug", "#SBATCH --mem=500M", "#SBATCH --time=5",
                  "#SBATCH --cpus-per-task=1", f"#SBATCH --output={cache}/logs/featurize_audio_%A_%a.out",
-                 f"MANIFEST={manifest}", f"CACHE={cache}", "ENCODER=tiny-audio", "SHARDS=4",
+                 f"MANIFEST={manifest}", f"CACHE={cache}", "ENCODER=tiny-audio", "TASKS=4",
                  "EXTRA_ARGS=(--window 1.0 --tokens 4 --workers 1 --rows-per-shard 2)",
-                 '--shard "${SLURM_ARRAY_TASK_ID}/${SHARDS}"'):
+                 '--task "${SLURM_ARRAY_TASK_ID}/${TASKS}"'):
         assert line + "\n" in script or line in script, line
     assert not [ln for ln in script.splitlines() if ln.startswith("#SBATCH --gpus")]  # --gpus-per-task 0: CPU only
     assert not (cache / "logs").exists()  # nothing written, nothing submitted
@@ -242,7 +275,7 @@ def test_cancelled_task_shows_in_status_and_only_it_is_resubmitted(slurm_cluster
 
     manifest, local = reference
     cache = tmp_path / "cache"
-    res = invoke(featurize_args(manifest, cache, "--shards", "2"), env=slurm_cluster.env)  # 2 tasks: faster
+    res = invoke(featurize_args(manifest, cache, "--tasks", "2"), env=slurm_cluster.env)  # 2 tasks: faster
     assert res.exit_code == 0, res.output
     job = res.stdout.strip()
     _wait_running(slurm_cluster, f"{job}_1")

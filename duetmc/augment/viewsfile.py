@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 from duetmc.errors import DuetmcError
+from duetmc.manifest import jsonl_lines
 
 KINDS = ("tags", "caption", "view", "swap", "label", "probe_swap", "probe_partial")
 # Who wrote a caption (a record's `source`). Human captions come from the manifest or the imported
@@ -61,38 +62,56 @@ def write_views(records: Iterable[TextRecord], path: str | Path) -> Path:
     return path
 
 
+# field -> (accepted types, what to say); a missing optional field takes the dataclass default
+_TYPES = {
+    "item": ((str,), "a string"), "kind": ((str,), "a string"), "text": ((str,), "a non-empty string"),
+    "lang": ((str,), "a language code string such as \"en\""), "view": ((int, type(None)), "an integer or null"),
+    "parent": ((str, type(None)), "a string or null"), "category": ((str, type(None)), "a string or null"),
+    "swapped_from": ((list,), "a list of strings"), "swapped_to": ((list,), "a list of strings"),
+    "source": ((str,), "a string"), "tags": ((list,), "a list of strings"), "note": ((str, type(None)), "a string or null"),
+}
+
+
+def parse_record(row: object, where: str) -> TextRecord:
+    """Validate one decoded views record; the message names `where` (file:line) and the field."""
+    if not isinstance(row, dict) or not {"item", "kind", "text"} <= set(row):
+        raise ViewsFileError(f"{where}: each record needs 'item', 'kind' and 'text'")
+    extra = set(row) - set(_TYPES)
+    if extra:
+        raise ViewsFileError(f"{where}: unknown field(s) {sorted(extra)}")
+    for name, value in row.items():
+        types, what = _TYPES[name]
+        bad = not isinstance(value, types) or isinstance(value, bool)
+        bad = bad or (isinstance(value, list) and not all(isinstance(v, str) for v in value))
+        if bad or (name == "text" and not value.strip()):
+            raise ViewsFileError(f"{where}: field '{name}' must be {what}, got {json.dumps(value)[:60]}; "
+                                 "fix the line or regenerate the file with `duetmc augment`")
+    if row["kind"] not in KINDS:
+        raise ViewsFileError(f"{where}: field 'kind' must be one of {list(KINDS)}, got {row['kind']!r}")
+    return TextRecord(**row)
+
+
 def read_views(path: str | Path) -> list[TextRecord]:
     path = Path(path)
     out: list[TextRecord] = []
-    allowed = set(TextRecord.__dataclass_fields__)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ViewsFileError(f"{where}: not valid JSON ({exc.msg}); regenerate with `duetmc augment`") from None
-            if not isinstance(row, dict) or not {"item", "kind", "text"} <= set(row):
-                raise ViewsFileError(f"{where}: each record needs 'item', 'kind' and 'text'")
-            if row["kind"] not in KINDS:
-                raise ViewsFileError(f"{where}: field 'kind' must be one of {list(KINDS)}, got {row['kind']!r}")
-            extra = set(row) - allowed
-            if extra:
-                raise ViewsFileError(f"{where}: unknown field(s) {sorted(extra)}")
-            out.append(TextRecord(**row))
+    for lineno, line in jsonl_lines(path, ViewsFileError):
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ViewsFileError(f"{where}: not valid JSON ({exc.msg}); regenerate with `duetmc augment`") from None
+        out.append(parse_record(row, where))
+    if not out:
+        raise ViewsFileError(f"{path}: the views file has no records; regenerate it with `duetmc augment`")
     return out
 
 
 def is_views_file(path: str | Path) -> bool:
     """True when the first record looks like a views record rather than a manifest row."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    return False  # not a views file; the manifest loader names the bad line
-                return isinstance(row, dict) and "kind" in row and "audio" not in row
+    for _, line in jsonl_lines(Path(path), ViewsFileError):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return False  # not a views file; the manifest loader names the bad line
+        return isinstance(row, dict) and "kind" in row and "audio" not in row
     return False

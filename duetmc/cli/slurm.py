@@ -1,4 +1,4 @@
-"""`duetmc slurm featurize|status|train|ablate`: submit the sbatch templates in duetmc/resources/slurm/ and follow them."""
+"""`duetmc slurm featurize|status|train|ablate`: submit the package's sbatch templates and follow them."""
 
 from __future__ import annotations
 
@@ -81,12 +81,13 @@ def _command_line(ctx: click.Context) -> list[str]:
 
 @click.group()
 def slurm() -> None:
-    """Run featurize arrays and training jobs on a SLURM cluster (templates in duetmc/resources/slurm/)."""
+    """Run featurize arrays and training jobs on a SLURM cluster (templates in duetmc/resources/slurm/,
+    or $DUETMC_SLURM_TEMPLATES)."""
 
 
 @slurm.group("featurize")
 def featurize_group() -> None:
-    """Featurize with one SLURM array task per whole-shard range of the cache."""
+    """Featurize with one SLURM array task per range of whole cache shards (--tasks N)."""
 
 
 def _featurize_command(modality: str, source: str):
@@ -98,7 +99,8 @@ def _featurize_command(modality: str, source: str):
             click.argument(source, type=click.Path(exists=True, dir_okay=False, resolve_path=True)),
             click.option("--cache", required=True, help="Cache directory on a filesystem the nodes share."),
             click.option("--encoder", required=True, help="Encoder name, as for `duetmc featurize`."),
-            click.option("--shards", "n_tasks", type=int, required=True, help="Array tasks N; task I runs --shard I/N."),
+            click.option("--tasks", "n_tasks", type=click.IntRange(min=1), required=True,
+                         help="Array tasks N; task I runs `duetmc featurize --task I/N` over its range of shards."),
             click.option("--only-incomplete", is_flag=True, help="Submit only the tasks whose shards are not all done."),
             _resource_options("--gpus-per-task", "GPUs per array task; 0 for a CPU-only array."),
             click.option("--allow-failures", is_flag=True, help="Tasks exit 0 even when some items failed."),
@@ -143,13 +145,13 @@ def _submit_featurize(modality: str, source_value: str, kw: dict) -> None:
 
 @_featurize_command("audio", "manifest")
 def featurize_audio_cmd(manifest, **kw):
-    """Plan the cache once, then submit an array running `duetmc featurize audio --shard I/N`."""
+    """Plan the cache once, then submit an array running `duetmc featurize audio --task I/N`."""
     _submit_featurize("audio", manifest, kw)
 
 
 @_featurize_command("text", "input")
 def featurize_text_cmd(input, **kw):
-    """Plan the cache once, then submit an array running `duetmc featurize text --shard I/N`."""
+    """Plan the cache once, then submit an array running `duetmc featurize text --task I/N`."""
     _submit_featurize("text", input, kw)
 
 
@@ -199,7 +201,7 @@ def _run_command(kind: str):
             click.echo(f"submitted {kind} job {job.job_id}; script {job.script_path}; log {job.out}/logs/", err=True)
             click.echo(job.job_id)
 
-    command.help = (f"Submit `duetmc {kind} ARGS...` through duetmc/resources/slurm/{kind}.sbatch, with --requeue and USR1 "
+    command.help = (f"Submit `duetmc {kind} ARGS...` through the {kind}.sbatch template, with --requeue and USR1 "
                     f"120 s before the end so the run checkpoints and resumes. SLURM options come first, then "
                     f"`--`, then the {kind} arguments (which must include --out).")
     return command

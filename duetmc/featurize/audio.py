@@ -1,39 +1,37 @@
 """Audio featurizer: decode, window, run a locked encoder, time-pool its hidden states, write the cache.
 
-Decoding uses soundfile (wav, flac, ogg, mp3, opus), downmixes to mono and resamples with torchaudio.
-Tracks longer than the window are cut into windows; the last window is aligned to the track's end, so
-every window of a long track is full length and nothing is ever padded (MERT's group norm makes padded
+Decoding (duetmc.featurize.decode) streams each item in blocks, downmixes to mono and resamples each
+window with torchaudio, so memory is bounded by the window and batch, never by the track. The plan
+(duetmc.featurize.plan) follows the manifest. Tracks longer than the window are cut into windows; the
+last window is aligned to the track's end, so every window of a long track is full length and nothing is ever padded (MERT's group norm makes padded
 and unpadded batches differ, DESIGN.md §5). Clips shorter than the window form a window of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
-import math
 import os
-import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from duetmc import cache_spec
 from duetmc.cache_access import ensure_writable
 from duetmc.cache_integrity import record_checksums
 from duetmc.cache_spec import AudioSettings, CacheError
+from duetmc.featurize.decode import AudioError, WindowReader, load_audio, resampled_length  # noqa: F401 (API)
 from duetmc.featurize.hf import EncoderLoadError, duetmc_home, strict_from_pretrained
-from duetmc.featurize.rows import RunSummary, fixed_batches, run_rows
+from duetmc.featurize.locks import ShardClaims, plan_lock
+from duetmc.featurize.plan import (REMOVED, PlannedItem, diff_plan, fingerprint, plan_items, report,  # noqa: F401
+                                   window_layout)
+from duetmc.featurize.rows import Job, RunSummary, check_positive, fixed_batches, parse_task, run_rows, shards_of_task
 from duetmc.manifest import Item, load_manifest
-from duetmc.errors import DuetmcError
-
-
-class AudioError(DuetmcError, ValueError):
-    """One item's audio cannot be used; the message says why."""
 
 
 # --- encoders --------------------------------------------------------------------------------
@@ -45,13 +43,16 @@ class AudioEncoderSpec:
     source: str  # HF id, or a name the family resolves
     sample_rate: int
     normalize: bool = False  # zero-mean unit-variance input, as the model's feature extractor does
+    # the default --batch-size: musicnn's forward on a batch of 8 takes 2x eight single forwards on CPU
+    # (BENCHMARKS.md §3: batch 1 is 4.4x a plain loop, batch 8 0.83x)
+    batch_size: int = 8
 
 
 AUDIO_ENCODERS: dict[str, AudioEncoderSpec] = {
     "mert-v1-95m": AudioEncoderSpec("hubert", "m-a-p/MERT-v1-95M", 24000, normalize=True),
     "mert-v1-330m": AudioEncoderSpec("hubert", "m-a-p/MERT-v1-330M", 24000, normalize=True),
-    "musicnn-mtt": AudioEncoderSpec("musicnn", "musicnn-mtt", 16000),
-    "musicnn-msd": AudioEncoderSpec("musicnn", "musicnn-msd", 16000),
+    "musicnn-mtt": AudioEncoderSpec("musicnn", "musicnn-mtt", 16000, batch_size=1),
+    "musicnn-msd": AudioEncoderSpec("musicnn", "musicnn-msd", 16000, batch_size=1),
     "tiny-audio": AudioEncoderSpec("tiny-hubert", "tiny-audio", 24000),
 }
 
@@ -134,87 +135,7 @@ def load_audio_encoder(name: str, path: str | None = None, revision: str | None 
     return _load_hubert(name, spec, path or spec.source, revision)
 
 
-# --- decoding and windows --------------------------------------------------------------------
-
-
-def resampled_length(n: int, orig: int, new: int) -> int:
-    """Output length of torchaudio.functional.resample."""
-    if orig == new:
-        return n
-    g = math.gcd(orig, new)
-    return int(math.ceil(new // g * n / (orig // g)))
-
-
-def window_layout(n: int, window: int, hop: int) -> list[tuple[int, int]]:
-    """(start, length) in samples. The last window ends at the track's end; short tracks: one window."""
-    if n <= window:
-        return [(0, n)]
-    count = math.ceil((n - window) / hop) + 1
-    return [(min(k * hop, n - window), window) for k in range(count)]
-
-
-def _segment(item: Item, sr: int, frames: int) -> tuple[int, int]:
-    s0 = int(round((item.start or 0.0) * sr))
-    s1 = frames if item.end is None else min(frames, int(round(item.end * sr)))
-    if s0 >= frames:
-        raise AudioError(f"start {item.start} s is beyond the end of the file ({frames / sr:.2f} s)")
-    return s0, s1
-
-
-def _check_not_truncated(header_log: str) -> None:
-    """libsndfile silently shortens a truncated WAV to the bytes present; its header log keeps the promise."""
-    m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", header_log, re.M)
-    if m is None:
-        return
-    promised, present = int(m.group(1)), int(m.group(2))
-    if present < promised and promised not in (0, 0xFFFFFFFF):  # a streamed WAV never knew its size
-        raise AudioError(f"truncated: the header promises {promised} bytes of audio, the file holds {present}")
-
-
-def probe(item: Item, target_sr: int) -> int:
-    """Samples the item will have at the encoder's rate, from the header only."""
-    if not item.audio.exists():
-        raise AudioError(f"file not found: {item.audio}")
-    try:
-        info = sf.info(str(item.audio))
-    except Exception as exc:
-        raise AudioError(f"not a readable audio file ({exc})") from None
-    if info.frames <= 0:
-        raise AudioError("empty audio (0 samples)")
-    _check_not_truncated(info.extra_info)
-    s0, s1 = _segment(item, info.samplerate, info.frames)
-    return resampled_length(s1 - s0, info.samplerate, target_sr)
-
-
-def load_audio(item: Item, target_sr: int) -> np.ndarray:
-    """Decode, downmix and resample one item to float32 mono; AudioError says what is wrong."""
-    import torchaudio.functional as AF
-
-    if not item.audio.exists():
-        raise AudioError(f"file not found: {item.audio}")
-    try:
-        with sf.SoundFile(str(item.audio)) as f:
-            sr, frames = f.samplerate, f.frames
-            if frames <= 0:
-                raise AudioError("empty audio (0 samples)")
-            _check_not_truncated(f.extra_info)
-            s0, s1 = _segment(item, sr, frames)
-            f.seek(s0)
-            data = f.read(s1 - s0, dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except Exception as exc:
-        raise AudioError(f"cannot decode ({type(exc).__name__}: {exc})") from None
-    if len(data) < (s1 - s0) - sr // 100:
-        raise AudioError(f"truncated: the header promises {s1 - s0} samples, only {len(data)} could be read")
-    mono = data.mean(axis=1)
-    if not np.isfinite(mono).all():
-        raise AudioError("contains NaN or Inf samples")
-    if len(mono) == 0 or float(np.abs(mono).max()) < 1e-5:
-        raise AudioError("silent (every sample is below -100 dBFS)")
-    if sr != target_sr:
-        mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, target_sr).numpy()
-    return mono
+# --- windows ---------------------------------------------------------------------------------
 
 
 def time_pool(hidden: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -239,13 +160,18 @@ class AudioFeaturizeConfig:
     hop_s: float | None = None
     tokens: int = 4
     layers: tuple[int, ...] | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the encoder's default (AudioEncoderSpec.batch_size)
     workers: int = 2
-    shard: str | None = None
+    task: str | None = None  # "I/N": this process featurizes the I-th of N whole-shard ranges
     device: str = "cpu"
     dtype: str = "float32"  # compute dtype; bf16 or fp16 on GPU. Features are stored as float16.
     rows_per_shard: int = cache_spec.DEFAULT_ROWS_PER_SHARD
     progress: bool = True
+
+    def __post_init__(self):  # at the boundary: before any encoder is loaded or cache created
+        check_positive(window=self.window_s, hop=self.hop_s, tokens=self.tokens, batch_size=self.batch_size,
+                       workers=self.workers, rows_per_shard=self.rows_per_shard)
+        parse_task(self.task)
 
     @property
     def settings(self) -> AudioSettings:
@@ -253,27 +179,129 @@ class AudioFeaturizeConfig:
                              None if self.layers is None else tuple(self.layers))
 
 
-@contextlib.contextmanager
-def plan_lock(cache: str):
-    """Serialise planning between processes on a local cache (remote stores: plan once, up front)."""
-    local = "://" not in cache or cache.startswith("file://")
-    if not local:
-        yield
-        return
-    root = Path(cache.removeprefix("file://"))
-    root.mkdir(parents=True, exist_ok=True)
-    # lock the directory itself: a lock file inside the store would make plain zarr warn about it
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+def _rows_arrays(group, rps: int, L: int, T: int, D: int, n_rows: int) -> None:
+    mk = functools.partial(cache_spec.create_array, group)
+    mk("features", (n_rows, L, T, D), "float16", (1, L, T, D), ["window", "layer", "token", "dim"],
+       shards=(rps, L, T, D), fill_value=0)
+    mk("done", (n_rows,), "bool", (rps,), ["window"], fill_value=False)
+    mk("failure", (n_rows,), str, (rps,), ["window"])
+    mk("window_item", (n_rows,), "int32", (rps,), ["window"])
+    mk("window_start", (n_rows,), "float32", (rps,), ["window"])
+    mk("window_len", (n_rows,), "int64", (rps,), ["window"])
+
+
+def _item_arrays(group, n_items: int) -> None:
+    mk = functools.partial(cache_spec.create_array, group)
+    c = max(1, n_items)
+    mk("ids", (n_items,), str, (c,), ["item"])
+    mk("item_rows", (n_items, 2), "int64", (c, 2), ["item", "pair"])
+    mk("split", (n_items,), str, (c,), ["item"])
+    mk("tags", (n_items,), str, (c,), ["item"])  # ground truth for zero-shot tag retrieval, JSON {category: [tags]}
+    mk("item_source", (n_items,), str, (c,), ["item"])  # the plan of each item (duetmc.featurize.plan)
+
+
+def _write_rows(group, first: int, item_index: list[int], plans: list[PlannedItem], sr: int) -> list[int]:
+    """Write the windows of `plans` from row `first` on; returns each item's first row."""
+    layout = [p.layout for p in plans]
+    n = sum(map(len, layout))
+    starts = first + np.cumsum([0] + [len(lay) for lay in layout])[:-1]
+    sl = slice(first, first + n)
+    group["window_item"][sl] = np.concatenate([np.full(len(lay), k, np.int32) for k, lay in zip(item_index, layout)])
+    group["window_start"][sl] = np.array([s / sr for lay in layout for s, _ in lay], dtype=np.float32)
+    group["window_len"][sl] = np.array([m for lay in layout for _, m in lay], dtype=np.int64)
+    group["failure"][sl] = np.array([p.failure for p in plans for _ in p.layout], dtype=object)
+    group["done"][sl] = False
+    return starts.tolist()
+
+
+def _write_items(group, index: list[int], items: list[Item], plans: list[PlannedItem], rows: list[tuple]) -> None:
+    for k, item, plan, (start, count) in zip(index, items, plans, rows):
+        group["ids"][k] = item.id
+        group["split"][k] = item.split or ""
+        group["tags"][k] = json.dumps(item.tags, ensure_ascii=False)
+        group["item_source"][k] = plan.to_json()
+        group["item_rows"][k] = [start, count]
+
+
+def _create_group(root, key, items, plans, config, encoder, layers, sr, win, hop):
+    group = root.require_group("audio").require_group(key)
+    rps = config.rows_per_shard
+    n_rows = sum(len(p.layout) for p in plans)
+    _rows_arrays(group, rps, len(layers), config.settings.tokens, encoder.dim, n_rows)
+    _item_arrays(group, len(items))
+    index = list(range(len(items)))
+    starts = _write_rows(group, 0, index, plans, sr)
+    group["ids"][:] = np.array([it.id for it in items])
+    group["split"][:] = np.array([it.split or "" for it in items], dtype=object)
+    group["tags"][:] = np.array([json.dumps(it.tags, ensure_ascii=False) for it in items], dtype=object)
+    group["item_source"][:] = np.array([p.to_json() for p in plans], dtype=object)
+    group["item_rows"][:] = np.array([[s, len(p.layout)] for s, p in zip(starts, plans)], dtype=np.int64).reshape(-1, 2)
+    # provenance is written last: a group without it is a plan cut short (killed) and is planned again
+    group.attrs.update(cache_spec.provenance(config.settings, encoder.info, {
+        "modality": "audio", "sample_rate": sr, "window_samples": win, "hop_samples": hop,
+        "layers": layers, "n_layers_encoder": encoder.n_layers, "dim": encoder.dim,
+        "rows_per_shard": rps, "min_samples": encoder.min_samples,
+        "batch_size": config.batch_size or getattr(AUDIO_ENCODERS.get(encoder.name), "batch_size", 8),
+        "compute_dtype": config.dtype,
+        "manifest": str(Path(config.manifest).resolve()) if config.manifest else None,
+    }))
+    return group
+
+
+def _update_group(group, items: list[Item], config, sr: int, win: int, hop: int) -> dict:
+    """Make a stored plan follow the manifest: append, re-plan, retire, remove. Returns the report."""
+    ids = cache_spec.read_strings(group["ids"]).tolist()
+    split = cache_spec.read_strings(group["split"]).tolist()
+    if "item_source" in group:
+        stored = [PlannedItem.from_json(t) for t in cache_spec.read_strings(group["item_source"])]
+    else:  # planned before fingerprints existed: keep finished items as they are, re-plan the others
+        pos = {it.id: it for it in items}
+        done = np.asarray(group["done"][:], dtype=bool)
+        finished = [bool(done[s:s + n].all()) for s, n in np.asarray(group["item_rows"][:])]
+        stored = [PlannedItem(fingerprint(pos[i]) if i in pos and ok else {}, None, "", [])
+                  for i, ok in zip(ids, finished)]
+        cache_spec.create_array(group, "item_source", (len(ids),), str, (max(1, len(ids)),), ["item"])[:] = \
+            np.array([p.to_json() for p in stored], dtype=object)
+    d = diff_plan(items, ids, stored, split)
+    for m, k in d.kept:  # split and tags are not features: follow the manifest in place
+        if (items[m].split or "") != split[k]:
+            group["split"][k] = items[m].split or ""
+        group["tags"][k] = json.dumps(items[m].tags, ensure_ascii=False)
+    if d.unchanged:
+        return report(d, items, ids)
+    fresh = d.added + [m for m, _ in d.changed]
+    _retire(group, config.cache, [k for _, k in d.changed] + d.removed)
+    if fresh:
+        plans = plan_items([items[m] for m in fresh], sr, win, hop, config.workers)
+        index = list(range(len(ids), len(ids) + len(d.added))) + [k for _, k in d.changed]
+        n_old, n_new = group["done"].shape[0], sum(len(p.layout) for p in plans)
+        for name in ("features", "done", "failure", "window_item", "window_start", "window_len"):
+            group[name].resize((n_old + n_new,) + group[name].shape[1:])
+        for name in ("ids", "item_rows", "split", "tags", "item_source"):
+            group[name].resize((len(ids) + len(d.added),) + group[name].shape[1:])
+        starts = _write_rows(group, n_old, index, plans, sr)
+        _write_items(group, index, [items[m] for m in fresh], plans, [(s, len(p.layout)) for s, p in zip(starts, plans)])
+    for k in d.removed:
+        group["split"][k] = REMOVED
+        group["item_rows"][k] = [0, 0]
+    return report(d, items, ids)
+
+
+def _retire(group, cache: str, items: list[int]) -> None:
+    """Take the rows of re-planned or removed items out of use, under the claims of their shards."""
+    spans = [(int(s), int(s + n)) for s, n in np.asarray(group["item_rows"][:])[items] if n > 0]
+    rps = int(group.attrs["rows_per_shard"])
+    shards = sorted({r // rps for lo, hi in spans for r in range(lo, hi)})
+    with ShardClaims(cache, group.path).claimed(shards):
+        for lo, hi in spans:
+            group["window_item"][lo:hi] = -1
+            group["done"][lo:hi] = False
+            group["failure"][lo:hi] = np.full(hi - lo, "", dtype=object)
 
 
 def prepare_audio_cache(config: AudioFeaturizeConfig, encoder: AudioEncoder | None = None,
                         items: list[Item] | None = None):
-    """Create the group's arrays once (idempotent). Returns (group, items, encoder, row_lengths)."""
+    """Create the group, or make its plan follow the manifest. Returns (group, items, encoder, plan report)."""
     ensure_writable(config.cache, "audio")  # before the model loads
     items = items if items is not None else load_manifest(config.manifest)
     encoder = encoder or load_audio_encoder(config.encoder, config.encoder_path, config.revision)
@@ -284,70 +312,17 @@ def prepare_audio_cache(config: AudioFeaturizeConfig, encoder: AudioEncoder | No
     with plan_lock(config.cache):
         root = cache_spec.open_root(config.cache, mode="a")
         key = settings.key()
-        # provenance is written last, so a group without it is a plan cut short (killed): plan it again
         if "audio" in root and key in root["audio"] and "encoder" in root["audio"][key].attrs:
             group = root["audio"][key]
-            _check_existing(group, items, encoder, config)
-            return group, items, encoder, np.asarray(group["window_len"][:])
-        layout, plan_fail = [], {}
-        for i, item in enumerate(items):
-            try:
-                layout.append(window_layout(probe(item, sr), win, hop))
-            except AudioError as exc:
-                layout.append([(0, 0)])
-                plan_fail[i] = str(exc)
-        n_rows = sum(map(len, layout))
-        rps = config.rows_per_shard
-        group = root.require_group("audio").require_group(key)
-        mk = functools.partial(cache_spec.create_array, group)
-        L, T, D = len(layers), settings.tokens, encoder.dim
-        mk("features", (n_rows, L, T, D), "float16", (1, L, T, D), ["window", "layer", "token", "dim"],
-           shards=(rps, L, T, D), fill_value=0)
-        mk("done", (n_rows,), "bool", (rps,), ["window"], fill_value=False)
-        mk("failure", (n_rows,), str, (rps,), ["window"])
-        wi = mk("window_item", (n_rows,), "int32", (rps,), ["window"])
-        ws = mk("window_start", (n_rows,), "float32", (rps,), ["window"])
-        wl = mk("window_len", (n_rows,), "int64", (rps,), ["window"])
-        ids = mk("ids", (len(items),), str, (max(1, len(items)),), ["item"])
-        ir = mk("item_rows", (len(items), 2), "int64", (max(1, len(items)), 2), ["item", "pair"])
-        mk("split", (len(items),), str, (max(1, len(items)),), ["item"])[:] = np.array(
-            [it.split or "" for it in items], dtype=object)
-        # ground truth for zero-shot tag retrieval, as JSON {category: [tags]}
-        mk("tags", (len(items),), str, (max(1, len(items)),), ["item"])[:] = np.array(
-            [json.dumps(it.tags, ensure_ascii=False) for it in items], dtype=object)
-        row_item = np.concatenate([np.full(len(lay), i, dtype=np.int32) for i, lay in enumerate(layout)])
-        wi[:] = row_item
-        ws[:] = np.array([s / sr for lay in layout for s, _ in lay], dtype=np.float32)
-        lengths = np.array([n for lay in layout for _, n in lay], dtype=np.int64)
-        wl[:] = lengths
-        ids[:] = np.array([it.id for it in items])
-        counts = np.array([len(lay) for lay in layout])
-        ir[:] = np.stack([np.cumsum(counts) - counts, counts], axis=1)
-        if plan_fail:
-            fail = np.full(n_rows, "", dtype=object)
-            for i, reason in plan_fail.items():
-                fail[np.flatnonzero(row_item == i)] = reason
-            group["failure"][:] = fail
-        group.attrs.update(cache_spec.provenance(settings, encoder.info, {
-            "modality": "audio", "sample_rate": sr, "window_samples": win, "hop_samples": hop,
-            "layers": layers, "n_layers_encoder": encoder.n_layers, "dim": encoder.dim,
-            "rows_per_shard": rps, "batch_size": config.batch_size, "min_samples": encoder.min_samples,
-            "compute_dtype": config.dtype,
-            "manifest": str(Path(config.manifest).resolve()) if config.manifest else None,
-        }))
-        return group, items, encoder, lengths
+            _check_existing(group, encoder, config)
+            return group, items, encoder, _update_group(group, items, config, sr, win, hop)
+        plans = plan_items(items, sr, win, hop, config.workers)
+        group = _create_group(root, key, items, plans, config, encoder, layers, sr, win, hop)
+        return group, items, encoder, {"added": [it.id for it in items], "changed": [], "kept": 0, "removed": []}
 
 
-def _check_existing(group, items: list[Item], encoder: AudioEncoder, config: AudioFeaturizeConfig) -> None:
+def _check_existing(group, encoder: AudioEncoder, config: AudioFeaturizeConfig) -> None:
     attrs = dict(group.attrs)
-    stored_ids = cache_spec.read_strings(group["ids"]).tolist()
-    if stored_ids != [it.id for it in items]:
-        differ = len(set(stored_ids) ^ {it.id for it in items})
-        raise CacheError(
-            f"{config.cache}: audio/{group.basename} was planned for another manifest "
-            f"({len(stored_ids)} ids stored, {len(items)} given, {differ} differ). Use a new --cache, "
-            "or delete that group to re-plan it."
-        )
     cache_spec.check_compute_dtype(group, config.dtype, config.cache)
     sha = attrs["encoder"]["weights_sha256"]
     if sha != encoder.info["weights_sha256"]:
@@ -358,45 +333,67 @@ def _check_existing(group, items: list[Item], encoder: AudioEncoder, config: Aud
         )
 
 
-def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
-    """Featurize this process's shards (all of them without --shard). Resumable; never stops on bad audio."""
-    group, items, encoder, lengths = prepare_audio_cache(config)
-    cache_spec.check_base_group(group, config.cache)
-    dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}[config.dtype]
-    encoder.to(config.device, dtype)
+class _Readers:
+    """Open WindowReaders by item, oldest closed first; items arrive in plan order."""
+
+    def __init__(self, items: list[Item], plans: list[PlannedItem], sr: int, keep: int, max_open: int):
+        self.items, self.plans, self.sr, self.keep, self.max_open = items, plans, sr, keep, max_open
+        self.open: OrderedDict[int, WindowReader] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, k: int) -> WindowReader:
+        with self.lock:
+            if k in self.open:
+                self.open.move_to_end(k)
+                return self.open[k]
+            reader = WindowReader(self.items[k], self.plans[k].scan, self.sr, self.keep)
+            self.open[k] = reader
+            for old in list(self.open)[:-self.max_open]:
+                if self.open[old].lock.acquire(blocking=False):  # never close one a thread is reading
+                    self.open.pop(old).close()
+            return reader
+
+    def close(self) -> None:
+        for reader in self.open.values():
+            reader.close()
+
+
+def _stored_items(group, manifest_items: list[Item]) -> tuple[list[Item], list[PlannedItem]]:
+    """The group's items (in stored order) with their plans."""
+    by_id = {it.id: it for it in manifest_items}
+    ids = cache_spec.read_strings(group["ids"]).tolist()
+    plans = [PlannedItem.from_json(t) for t in cache_spec.read_strings(group["item_source"])]
+    return [by_id.get(i) for i in ids], plans
+
+
+def _window_job(group, items, plans, encoder: AudioEncoder, config, dtype) -> tuple[Job, _Readers]:
     attrs = dict(group.attrs)
     layers, tokens, sr = attrs["layers"], attrs["settings"]["tokens"], attrs["sample_rate"]
     batch_size = int(attrs["batch_size"])  # batches are part of the plan: resumes write identical bytes
     row_item = np.asarray(group["window_item"][:])
     row_start = np.round(np.asarray(group["window_start"][:], dtype=np.float64) * sr).astype(np.int64)
-    task, n_tasks = cache_spec.parse_shard(config.shard)
-    n_shards = len(cache_spec.shard_ranges(len(row_item), int(attrs["rows_per_shard"])))
-    shards = cache_spec.task_shards(n_shards, task, n_tasks)
+    lengths = np.asarray(group["window_len"][:])
+    src_sr = max([p.scan.sample_rate for p in plans if p.scan is not None] or [sr])
+    keep = int((config.workers + 2) * batch_size * attrs["hop_samples"] / sr * src_sr)
+    readers = _Readers(items, plans, sr, keep, max_open=2 * config.workers + 2)
+    ids = cache_spec.read_strings(group["ids"])
 
-    @functools.lru_cache(maxsize=16)
-    def decoded(i: int):
-        try:
-            return load_audio(items[i], sr)
-        except AudioError as exc:
-            return exc
+    def window(r: int):
+        k, n = int(row_item[r]), int(lengths[r])
+        if plans[k].failure or plans[k].scan is None:
+            raise AudioError(plans[k].failure or "not planned by this version of duetmc; rerun featurize")
+        if n < encoder.min_samples:
+            raise AudioError(f"too short: {n / sr:.4f} s, the encoder needs at least {encoder.min_samples / sr:.4f} s")
+        return readers.get(k).read(int(row_start[r]), n)
 
     def prepare(rows):
         out, failed = [], {}
         for r in rows:
-            audio = decoded(int(row_item[r]))
-            n = int(lengths[r])
-            if isinstance(audio, AudioError):
-                failed[r] = str(audio)
-            elif n < encoder.min_samples:
-                failed[r] = (f"too short: {n / sr:.4f} s, the encoder needs at least "
-                             f"{encoder.min_samples / sr:.4f} s")
-            elif len(audio) < row_start[r] + n:
-                failed[r] = "audio is shorter than when the cache was planned; delete the group and re-plan"
-            else:
-                out.append(audio[row_start[r]: row_start[r] + n])
-                continue
-            out.append(None)
+            try:
+                out.append(window(r))
+            except AudioError as exc:  # one bad window never drops the item's other windows
+                failed[r] = str(exc)
+                out.append(None)
         return out, failed
 
     def compute(rows, prepared):
@@ -405,22 +402,39 @@ def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
         feats = np.zeros((len(rows), len(layers), tokens, encoder.dim), dtype=np.float32)
         if ok:
             x = torch.from_numpy(np.stack([wavs[k] for k in ok])).to(config.device, dtype)
-            hidden = encoder(x)[:, layers]
-            feats[ok] = time_pool(hidden.float(), tokens).cpu().numpy()
+            feats[ok] = time_pool(encoder(x)[:, layers].float(), tokens).cpu().numpy()
         if not np.isfinite(feats.astype(np.float16)).all():  # as stored: float16 overflow is Inf too
             bad = [rows[k] for k in ok if not np.isfinite(feats[k].astype(np.float16)).all()]
             failed.update({r: "encoder produced NaN/Inf" for r in bad})
             feats = np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
         return feats, failed
 
-    ids = cache_spec.read_strings(group["ids"])
-    summary = run_rows(
-        group, shards,
-        batches_of=lambda lo, hi: fixed_batches(lengths, lo, hi, batch_size),
-        prepare=prepare, compute=compute, label=lambda r: str(ids[row_item[r]]),
-        workers=config.workers, progress=config.progress, desc=f"audio {encoder.name}",
-    )
+    live = row_item >= 0
+    job = Job(lambda lo, hi: fixed_batches(lengths, lo, hi, batch_size, live), prepare, compute,
+              lambda r: str(ids[row_item[r]]))
+    return job, readers
+
+
+def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
+    """Featurize this process's shards (all of them without --task). Resumable; never stops on bad audio."""
+    group, manifest_items, encoder, plan_report = prepare_audio_cache(config)
+    cache_spec.check_base_group(group, config.cache)
+    dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}[config.dtype]
+    encoder.to(config.device, dtype)
+    items, plans = _stored_items(group, manifest_items)
+    job, readers = _window_job(group, items, plans, encoder, config, dtype)
+    shards = shards_of_task(group["done"].shape[0], int(group.attrs["rows_per_shard"]), config.task)
+    try:
+        summary = run_rows(group, shards, job,
+                           ShardClaims(config.cache, group.path), workers=config.workers,
+                           progress=config.progress, desc=f"audio {encoder.name}")
+    finally:
+        readers.close()
     summary.failures = list(dict(summary.failures).items())
     record_checksums(group)  # a no-op until every shard of the group is finished
+    summary.plan = plan_report
+    ids = cache_spec.read_strings(group["ids"])
+    summary.warnings = [(str(ids[k]), p.scan.warning) for k, p in enumerate(plans) if p.scan and p.scan.warning
+                        and items[k] is not None]
     return summary
-

@@ -23,10 +23,10 @@ from duetmc.augment.viewsfile import TextRecord, is_views_file, read_views
 from duetmc.cache_access import ensure_writable
 from duetmc.cache_integrity import record_checksums
 from duetmc.cache_spec import CacheError, TextSettings
-from duetmc.featurize.audio import plan_lock
+from duetmc.featurize.locks import ShardClaims, plan_lock
 from duetmc.featurize.hf import EncoderLoadError, duetmc_home, strict_from_pretrained
-from duetmc.featurize.rows import RunSummary, run_rows
-from duetmc.manifest import load_manifest
+from duetmc.featurize.rows import Job, RunSummary, check_positive, parse_task, run_rows, shards_of_task
+from duetmc.manifest import jsonl_lines, load_manifest
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,8 @@ def token_limit(attrs: dict) -> int:
 def records_from_input(path: str | Path, languages: tuple[str, ...] | None = None) -> list[TextRecord]:
     """Records from a views file, or from a manifest (its tags text and human captions)."""
     path = Path(path)
+    if path.is_file() and next(jsonl_lines(path, CacheError), None) is None:
+        raise CacheError(f"{path}: the file is empty; give a views file (`duetmc augment`) or a manifest")
     try:
         views = is_views_file(path)
     except ValueError:  # not JSON: load_manifest names the file and line
@@ -183,12 +185,16 @@ class TextFeaturizeConfig:
     languages: tuple[str, ...] | None = None
     batch_size: int = 32
     workers: int = 1
-    shard: str | None = None
+    task: str | None = None  # "I/N": this process featurizes the I-th of N whole-shard ranges
     device: str = "cpu"
     dtype: str = "float32"
     rows_per_shard: int = 256
     progress: bool = True
     text_set: str | None = None  # None: the views file's stem, kept apart only when the encoder has other texts
+
+    def __post_init__(self):  # at the boundary: before any encoder is loaded or cache created
+        check_positive(max_tokens=self.max_tokens, batch_size=self.batch_size, rows_per_shard=self.rows_per_shard)
+        parse_task(self.task)
 
     @property
     def settings(self) -> TextSettings:
@@ -274,8 +280,6 @@ def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
     attrs = dict(group.attrs)
     layers, T, batch_size = attrs["layers"], int(attrs["max_tokens"]), int(attrs["batch_size"])
     texts = cache_spec.read_strings(group["texts"])
-    task, n_tasks = cache_spec.parse_shard(config.shard)
-    n_shards = len(cache_spec.shard_ranges(len(texts), int(attrs["rows_per_shard"])))
 
     def compute(rows, _prepared):
         feats, lens = encoder([str(texts[r]) for r in rows], layers, T, config.device, dtype)
@@ -288,11 +292,23 @@ def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
         out[bad] = 0
         return out, {rows[k]: "encoder output is NaN/Inf or overflows float16" for k in np.flatnonzero(bad)}
 
-    summary = run_rows(
-        group, cache_spec.task_shards(n_shards, task, n_tasks),
-        batches_of=lambda lo, hi: [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)],
-        prepare=lambda rows: None, compute=compute, label=lambda r: str(texts[r])[:60],
-        workers=1, progress=config.progress, desc=f"text {encoder.name}",
-    )
+    job = Job(lambda lo, hi: [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)],
+              lambda rows: None, compute, lambda r: str(texts[r])[:60])
+    summary = run_rows(group, shards_of_task(len(texts), int(attrs["rows_per_shard"]), config.task), job,
+                       ShardClaims(config.cache, group.path), workers=1, progress=config.progress,
+                       desc=f"text {encoder.name}")
+    summary.warnings = _swap_warnings(group)
     record_checksums(group)  # a no-op until every shard of the group is finished
     return summary
+
+
+def _swap_warnings(group) -> list[tuple[str, str]]:
+    """Swaps whose parent text is not in the set can never be used: TextSwap is off for them."""
+    rec = group["records"]
+    swaps = cache_spec.read_strings(rec["kind"]) == "swap"
+    orphans = int((swaps & (np.asarray(rec["parent_row"][:]) < 0)).sum())
+    if not orphans:
+        return []
+    what = "TextSwap will be off" if orphans == int(swaps.sum()) else "those swaps will never be used"
+    return [("swaps", f"{orphans} of {int(swaps.sum())} swap records name a parent text that is not in the file; "
+                      f"{what} (regenerate the views file with `duetmc augment`)")]
