@@ -33,6 +33,7 @@ QUICKSTART_TRAIN = dict(epochs=20, batch_size=64, warmup_epochs=2, swap_warmup_e
 class QuickstartConfig:
     out: str = "quickstart"
     items: int = 240
+    test_items: int = 100  # test-only clips beyond the 10 % test share: at least 100 test clips in all
     seed: int = 0
     seeds: int = 2
     workers: int = 2
@@ -40,6 +41,19 @@ class QuickstartConfig:
     text_encoder: str = "minilm"
     views: int = 10
     train: dict = field(default_factory=lambda: dict(QUICKSTART_TRAIN))
+
+
+def corpus_config(cfg: QuickstartConfig, out: Path):
+    """Clean, complete training tags (the quickstart shows the recipe, not the bench's hard data), and
+    human-style captions on val and test clips, written by another generator than the training
+    captions: the evaluation queries are human captions (docs/PROTOCOL.md)."""
+    from duetmc.synth import SynthConfig
+    from duetmc.synth.corpus import HardConfig
+    from duetmc.synth.noise import TagNoise
+
+    clean = HardConfig(noise=TagNoise(p_drop_category=0.0, p_drop_instrument=0.0, p_wrong=0.0), p_near_duplicate=0.0)
+    return SynthConfig(out, n_items=cfg.items, test_items=cfg.test_items, seed=cfg.seed, workers=cfg.workers,
+                       hard=clean)
 
 
 def _step(name: str, timings: dict, say):
@@ -102,17 +116,19 @@ def _stop_if_nothing(summary, source: Path, what: str) -> None:
 def _augment(manifest: Path, views: Path, cfg: QuickstartConfig, say) -> int:
     """Write the views file unless it exists; returns the number of records written now."""
     from duetmc.augment.captions import TemplateCaptioner
-    from duetmc.augment.pipeline import run_augment
+    from duetmc.augment.pipeline import keep_queries_for_evaluation, run_augment
     from duetmc.augment.viewsfile import write_views
     from duetmc.manifest import load_manifest
 
     if views.exists():
         say(f"   reused {views}")
         return 0
-    result = run_augment(load_manifest(manifest), TemplateCaptioner(), n_views=cfg.views, seed=cfg.seed)
-    write_views(result.records, views)
-    say(f"   {len(result.records)} texts: {result.report.records_by_kind}")
-    return len(result.records)
+    items = load_manifest(manifest)
+    records = keep_queries_for_evaluation(
+        run_augment(items, TemplateCaptioner(), n_views=cfg.views, seed=cfg.seed).records, items)
+    write_views(records, views)
+    say(f"   {len(records)} texts: {dict(Counter(r.kind for r in records))}")
+    return len(records)
 
 
 def _verdicts(table: list[dict]) -> list[str]:
@@ -140,7 +156,7 @@ def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> d
     from duetmc.dataset import resolve_spec
     from duetmc.evaluate import EvalConfig
     from duetmc.search import search
-    from duetmc.synth import SynthConfig, synth_corpus
+    from duetmc.synth import synth_corpus
     from duetmc.train import TrainConfig
 
     out = Path(cfg.out).resolve()  # runs record absolute cache paths, so they work from any directory
@@ -150,7 +166,7 @@ def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> d
     t0 = time.perf_counter()
     corpus = out / "corpus"
     with _step("1/5 synth", timings, say):
-        rep = synth_corpus(SynthConfig(corpus, n_items=cfg.items, seed=cfg.seed, workers=cfg.workers), progress)
+        rep = synth_corpus(corpus_config(cfg, corpus), progress)
         say(f"   {rep.n_items} clips ({rep.n_rendered} rendered, {rep.n_cached} reused), splits {rep.splits}")
     manifest, heldout = Path(rep.manifest), Path(rep.heldout_manifest)
     work = {"clips_rendered": rep.n_rendered}

@@ -23,14 +23,14 @@ def test_quickstart_end_to_end_and_cached_rerun(tmp_path):
     # A relative --out from the working directory, as a user types it (the README's command has the
     # relative default); the eval below runs from another directory.
     out = tmp_path / "qs"
-    args = ("quickstart", "--out", "qs", "--items", 40, "--seeds", 1, "--epochs", 6, "--json")
+    args = ("quickstart", "--out", "qs", "--items", 40, "--test-items", 12, "--seeds", 1, "--epochs", 6, "--json")
     first = json.loads(duetmc(*args, cwd=tmp_path))
     for path in ("corpus/manifest.jsonl", "corpus/manifest_heldout_sf.jsonl", "views.jsonl", "cache.zarr",
                  "cache_heldout_sf.zarr", "ablation/table.md", "ablation/results.json", "quickstart.json"):
         assert (out / path).exists(), path
     for plot in first["plots"]:
         assert os.path.getsize(plot) > 1000, plot
-    assert first["work"]["clips_rendered"] == 40
+    assert first["work"]["clips_rendered"] == 52  # 40 + 12 test-only clips
     assert first["work"]["runs_trained"] == 5  # untrained heads + the four Table-4 rows
     configs = {r["config"] for r in first["table"]}
     assert configs == {"untrained heads", "tags only", "+ tag-to-caption", "+ View Dropout", "+ TextSwap"}
