@@ -21,6 +21,7 @@ from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource, t
 from duetmc.heads.model import DuetHeads
 from duetmc.loss import contrastive_loss
 from duetmc.errors import UsageError
+from duetmc.run import check_weights, load_run
 
 
 BATCH_BYTES = 64 << 20  # float32 input per evaluation batch: bounds peak memory on any cache
@@ -172,13 +173,12 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
 
 def evaluate_run(run: str | Path, caches: list[str], cfg: EvalConfig, which: str = "best") -> list[dict]:
     """Evaluate a trained run on caches built with the same encoder settings (refused otherwise)."""
-    from duetmc.train import load_run
-
     model, tcfg = load_run(run, which, cfg.device)
     spec = tcfg.data[0]
     results = []
     for cache in caches or [spec.cache]:
         index = PairIndex(DataSpec(cache, spec.audio, spec.text))
+        check_weights(run, cache, {"audio": dict(index.audio.attrs), "text": dict(index.text.attrs)})
         results.append(evaluate_index(model, index, cfg))
     return results
 
