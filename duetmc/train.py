@@ -251,6 +251,7 @@ class Trainer:
         """Train the rest of the current epoch, then validate and checkpoint; False when pre-empted."""
         cfg, state = self.cfg, self.state
         epoch = state["epoch"]
+        self._check_caches()
         ps = p_swap(epoch, cfg)
         batches = epoch_batches(self.indices, self.sampler, cfg.seed, epoch, cfg.batch_size, ps,
                                 multiple_of=self.world)
@@ -272,6 +273,7 @@ class Trainer:
         state["wait_seconds"] += prefetch.wait_s
         if self.stop.requested:
             return False
+        self._check_caches()  # a moved cache may read as fill values: never checkpoint such an epoch
         record = self.validate(self._epoch_record(epoch, ps))
         self.checkpoint(record)
         return True
@@ -361,17 +363,23 @@ class Trainer:
         b = len(spec.ds) // self.world
         return fetch(self.source, spec, self.rank * b, (self.rank + 1) * b)
 
+    def _check_caches(self) -> None:
+        """A cache that vanished under a running job is named in one line (the last checkpoint stays)."""
+        for ix in self.indices:
+            cache = ix.spec.cache
+            if "://" not in cache and not Path(cache).exists():
+                raise CacheError(f"{cache}: the cache disappeared while training (moved or deleted); put it "
+                                 f"back, or resume with `duetmc train --resume --out {self.out} --cache NEW`")
+
     def _checked(self, batches):
-        """The prefetched batches; a cache that vanished under a running job is named in one line."""
+        """The prefetched batches; a read error from a vanished cache becomes `_check_caches`'s message."""
         try:
             yield from batches
         except (KeyError, OSError) as exc:
-            for ix in self.indices:
-                cache = ix.spec.cache
-                if "://" not in cache and not Path(cache).exists():
-                    raise CacheError(f"{cache}: the cache disappeared while training (moved or deleted); put it "
-                                     f"back, or resume with `duetmc train --resume --out {self.out} --cache NEW`"
-                                     ) from exc
+            try:
+                self._check_caches()
+            except CacheError as gone:
+                raise gone from exc
             raise
 
     def _epoch_record(self, epoch: int, ps: float) -> dict:
