@@ -161,6 +161,7 @@ def small(cache, out, **kw) -> TrainConfig:
     return TrainConfig(data=[resolve_spec(cache)], out=str(out), **base)
 
 
+@pytest.mark.slow
 def test_a_crash_while_checkpointing_does_not_duplicate_metrics(signal_cache, tmp_path, monkeypatch):
     full = train(small(signal_cache, tmp_path / "full"))
     run = tmp_path / "run"
@@ -227,6 +228,7 @@ def test_train_options_are_validated_at_the_boundary(signal_cache, tmp_path, arg
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_a_signal_during_start_up_leaves_a_resumable_run(signal_cache, tmp_path, monkeypatch):
     real_setup = Trainer.setup
 
@@ -281,6 +283,7 @@ def test_eval_works_from_another_directory_and_on_a_read_only_run(signal_cache, 
     assert json.loads(res.output)[0]["n_items"] == 20
 
 
+@pytest.mark.slow
 def test_a_cache_moved_during_training_is_one_line(signal_cache, tmp_path):
     cache = tmp_path / "c.zarr"
     shutil.copytree(signal_cache, cache)
