@@ -67,6 +67,8 @@ class TrainConfig:
     val_every: int = opt(1, "run", "Validate every N epochs.", resume="safe")
     keep_epoch_checkpoints: bool = opt(True, "run", "Keep a checkpoint per epoch.", bool_flag=True, resume="safe")
     plots: bool = opt(True, "run", "Write loss.png and r10.png.", bool_flag=True, resume="safe")
+    report_to: str = opt("none", "run", "Experiment tracking: TensorBoard events in RUN/tensorboard/.",
+                         choices=("none", "tensorboard"), resume="safe")
     progress: bool = opt(True, "run", flag=None, resume="safe")
 
     def validate(self) -> "TrainConfig":
@@ -91,6 +93,7 @@ class TrainConfig:
             ("stream_threads", self.stream_threads >= 1, "must be at least 1"),
             ("prefetch", self.prefetch >= 1, "must be at least 1"),
             ("mode", self.mode in ("auto", "memory", "streaming"), "must be auto, memory or streaming"),
+            ("report_to", self.report_to in ("none", "tensorboard"), "must be none or tensorboard"),
         ]
         for name, ok, what in checks:
             if not ok:
@@ -101,16 +104,16 @@ class TrainConfig:
         return self
 
     def to_json(self) -> dict:
-        """The tree: {"version", "model": {...}, "text": {...}, "optim": {...}, "data": {...}, "run": {...}}."""
+        """The tree: {"version", "model": {...}, "text": {...}, "optim": {...}, "data": {"caches": [...], ...},
+        "run": {...}}; `out` is not stored (a run is where its config.json is)."""
         tree: dict = {"version": CONFIG_VERSION, **{s: {} for s in SECTIONS}}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "data":
-                value = [s.to_json() for s in value]
-                f_name = "caches"
-            else:
-                f_name = f.name
-            tree[f.metadata["section"]][f_name] = value
+            if f.name == "out":  # a run is wherever its config.json is
+                continue
+            if f.name == "data":  # local caches absolute: the run works from any directory
+                value = [dict(s.to_json(), cache=absolute_cache(s.cache)) for s in value]
+            tree[f.metadata["section"]]["caches" if f.name == "data" else f.name] = value
         return tree
 
     @staticmethod

@@ -31,6 +31,7 @@ from duetmc.dataset import (BatchSpec, MemorySource, PairIndex, SamplerConfig, S
 from duetmc.evaluate import validate
 from duetmc.heads.model import DuetHeads
 from duetmc.loss import contrastive_loss, textswap_negatives
+from duetmc.tracking import make_reporter
 from duetmc.errors import UsageError
 
 __all__ = ["REQUEUE_EXIT_CODE", "TrainConfig", "Trainer", "train", "load_data", "p_swap", "learning_rate"]
@@ -81,7 +82,7 @@ def make_source(indices: list[PairIndex], cfg: TrainConfig):
     return StreamingSource(indices, cfg.device, cfg.stream_threads), mode
 
 
-class _Stop:
+class StopFlag:
     """Set by SIGUSR1/SIGTERM (SLURM's pre-emption warning); checked between steps."""
 
     def __init__(self):
@@ -170,16 +171,18 @@ class Trainer:
     """One run: `Trainer(cfg, resume).run()` returns the summary (status "finished" or "preempted").
 
     `data` reuses `load_data`'s result across runs; `on_step(trainer)` is called after every step
-    (tests use it to deliver a signal at a known step).
+    (tests use it to deliver a signal at a known step); `stop` is a `StopFlag` the caller installed
+    as the signal handler before the trainer existed (the CLI does, to catch signals during imports).
     """
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, data=None, on_step=None):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, data=None, on_step=None, stop=None):
         self.cfg, self.resume, self.shared_data, self.on_step = cfg.validate(), resume, data, on_step
         self.out = Path(cfg.out)
         self.rank, self.world = _dist()
-        self.stop = _Stop()
+        self.stop = stop if stop is not None else StopFlag()
         self.state = _fresh_state()
         self.source = None
+        self.reporter = None
         self.t_load = 0.0
 
     # --- the recipe ---------------------------------------------------------------------------
@@ -203,6 +206,8 @@ class Trainer:
                 signal.signal(s, h)
             if self.shared_data is None and self.source is not None:
                 self.source.close()
+            if self.reporter is not None:
+                self.reporter.close()
             lock.release()
 
     def setup(self) -> None:
@@ -216,7 +221,10 @@ class Trainer:
         self.model = DuetHeads(rundir.heads_config(cfg, features["shapes"])).to(cfg.device)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
-        if (self.out / rundir.CONFIG).exists():
+        existing = (self.out / rundir.CONFIG).exists()
+        if self.world > 1:  # every rank decides "new or resumed" before rank 0 writes the config
+            torch.distributed.barrier()
+        if existing:
             self._reopen(features)
         elif self.rank == 0:
             rundir.write_config(self.out, cfg, features)
@@ -224,6 +232,8 @@ class Trainer:
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.net)
         self.sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap, shard_shuffle=self.mode == "streaming")
+        if self.rank == 0:
+            self.reporter = make_reporter(cfg.report_to, self.out)
 
     def _reopen(self, features: dict) -> None:
         """Continue the run in `out`: same science, same feature weights; metrics cut to the checkpoint."""
@@ -330,6 +340,8 @@ class Trainer:
         if self.improved or self.state["best_epoch"] is None:
             rundir.save_checkpoint(self.out / "best", self.model, {"epoch": epoch, "metrics": record})
         rundir.save_checkpoint(self.out / "last", self.model, {"train": self.state}, self.optimizer)
+        if self.reporter is not None:
+            self.reporter.epoch(record, self.model)
         if self.cfg.progress:
             print(_progress_line(record), flush=True)
 
@@ -400,15 +412,15 @@ def _data_changes(recorded: TrainConfig, cfg: TrainConfig) -> list[str]:
             f"{[s.to_json() for s in cfg.data]}"]
 
 
-def train(cfg: TrainConfig, resume: bool = False, data=None, on_step=None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, data=None, on_step=None, stop=None) -> dict:
     """Train (or resume) a run in `cfg.out`; `data` reuses `load_data`'s result.
 
     Returns the run summary, whose status is "preempted" (exit code 75) after SIGUSR1/SIGTERM.
     """
-    return Trainer(cfg, resume, data, on_step).run()
+    return Trainer(cfg, resume, data, on_step, stop).run()
 
 
-def _stop_requested(stop: _Stop, world: int) -> bool:
+def _stop_requested(stop: StopFlag, world: int) -> bool:
     if world == 1:
         return stop.requested
     flag = torch.tensor([1.0 if stop.requested else 0.0])

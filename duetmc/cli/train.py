@@ -110,6 +110,24 @@ def _resume_config(out, caches, weights, audio_key, text_key, config_file, given
     return dataclasses.replace(recorded, **apply, out=out).validate()
 
 
+class _Flag:
+    """duetmc.train.StopFlag's twin, installed before duetmc.train (and torch) is imported."""
+
+    requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+
+
+def _catch_preemption() -> _Flag:
+    import signal
+
+    flag = _Flag()
+    for s in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(s, flag)
+    return flag
+
+
 @click.command("train")
 @train_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
@@ -122,6 +140,7 @@ def train_cmd(caches, weights, audio_key, text_key, config_file, out, resume, as
     SIGUSR1 or SIGTERM (also during start-up) saves a checkpoint and exits with code 75; `--resume`
     continues it. One process writes a run: a second `train` into the same --out is refused.
     """
+    stop = _catch_preemption()  # before the heavy imports: a signal during start-up still checkpoints
     from duetmc.errors import UsageError
     from duetmc.train import REQUEUE_EXIT_CODE, train
 
@@ -135,7 +154,7 @@ def train_cmd(caches, weights, audio_key, text_key, config_file, out, resume, as
     else:
         cfg = _base_config(caches, weights, audio_key, text_key, out, config_file, given)
     cfg.progress = not as_json
-    summary = train(cfg, resume=resume)
+    summary = train(cfg, resume=resume, stop=stop)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         pass
     elif as_json:
