@@ -299,3 +299,19 @@ def test_a_cache_moved_during_training_is_one_line(signal_cache, tmp_path):
     (tmp_path / "gone.zarr").rename(cache)
     assert train(small(str(cache), run, mode="streaming"), resume=True)["epochs"] == 2
     assert np.isfinite(rundir.read_metrics(run)[-1]["train_loss"])
+
+
+@pytest.mark.slow
+def test_report_to_tensorboard_writes_metrics_aggregators_and_temperature(signal_cache, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(small(signal_cache, run, epochs=2, report_to="tensorboard"))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/train_loss", "val/loss", "val/R@10", "temperature", "aggregator/audio/layer_00",
+            "aggregator/text/layer_00"} <= tags
+    losses = [e.value for e in events.Scalars("train/train_loss")]
+    assert losses == pytest.approx([r["train_loss"] for r in rundir.read_metrics(run)])
+    assert [e.value for e in events.Scalars("temperature")] == pytest.approx([0.03, 0.03])
