@@ -278,20 +278,21 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """One writer per run directory: `.lock` holds the writer's host and pid. A lock left by a dead
-    process on this host is taken over; a live one (or one from another host) is refused."""
+    """One writer per run directory: `.lock` holds the writer's host, pid and SLURM job id. A lock left
+    by a dead process on this host, or by an earlier run of this same SLURM job (requeued, maybe on
+    another node), is taken over; any other is refused."""
 
     def __init__(self, run: str | Path):
         self.path = Path(run) / LOCK
         self.held = False
 
     def acquire(self) -> "RunLock":
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if self._take_over_stale(me["host"]):
+                if self._take_over_stale(me):
                     continue
                 raise
             with os.fdopen(fd, "w") as fh:
@@ -300,12 +301,14 @@ class RunLock:
             return self
         raise UsageError(f"{self.path}: could not take the run lock; remove it if no process writes this run")
 
-    def _take_over_stale(self, host: str) -> bool:
+    def _take_over_stale(self, me: dict) -> bool:
         try:
             other = json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
             other = {}
-        if other.get("host") == host and isinstance(other.get("pid"), int) and not _alive(other["pid"]):
+        dead_here = other.get("host") == me["host"] and isinstance(other.get("pid"), int) and not _alive(other["pid"])
+        requeued = me["slurm_job"] is not None and other.get("slurm_job") == me["slurm_job"]  # same job, rerun
+        if dead_here or requeued:
             self.path.unlink(missing_ok=True)
             return True
         if not other:  # a writer between create and write: treat as held

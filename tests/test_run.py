@@ -315,3 +315,13 @@ def test_report_to_tensorboard_writes_metrics_aggregators_and_temperature(signal
     losses = [e.value for e in events.Scalars("train/train_loss")]
     assert losses == pytest.approx([r["train_loss"] for r in rundir.read_metrics(run)])
     assert [e.value for e in events.Scalars("temperature")] == pytest.approx([0.03, 0.03])
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
+    (tmp_path / rundir.LOCK).write_text(json.dumps({"host": "node-a", "pid": 1, "slurm_job": "77"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    with pytest.raises(UsageError, match="host node-a"):
+        rundir.RunLock(tmp_path).acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    with rundir.RunLock(tmp_path):
+        assert json.loads((tmp_path / rundir.LOCK).read_text())["slurm_job"] == "77"
