@@ -325,3 +325,9 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     with rundir.RunLock(tmp_path):
         assert json.loads((tmp_path / rundir.LOCK).read_text())["slurm_job"] == "77"
+
+
+def test_ablate_refuses_seed_next_to_seeds(tmp_path):
+    res = invoke("ablate", "--cache", tmp_path / "c.zarr", "--out", tmp_path / "abl", "--seed", 3, "--seeds", 2)
+    assert res.exit_code == 2 and "give --seeds N, not --seed" in res.output
+    assert "--seed " not in invoke("ablate", "--help").output

@@ -48,20 +48,22 @@ def _base_config(caches, weights, audio_key, text_key, out, config_file, overrid
     return TrainConfig(data=_specs(caches, weights, audio_key, text_key), out=out, **values).validate()
 
 
-def _config_option(f):
+def _config_option(f, hidden: bool = False):
     from duetmc.config import flag_of
 
     meta, default = f.metadata, f.default
     if meta.get("bool_flag"):
         flag = flag_of(f.name)
-        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None,
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, hidden=hidden,
                             help=f"{meta['help']} [{'on' if default else 'off'}]")
     kind = click.Choice(list(meta["choices"])) if meta.get("choices") else {"int": int, "float": float}.get(f.type, str)
-    return click.option(flag_of(f.name), f.name, type=kind, default=None, help=f"{meta['help']} [{default}]")
+    return click.option(flag_of(f.name), f.name, type=kind, default=None, hidden=hidden,
+                        help=f"{meta['help']} [{default}]")
 
 
-def train_options(fn):
-    """--cache/--weight/--audio-key/--text-key/--config, then one option per TrainConfig field (duetmc.config)."""
+def train_options(fn, hidden: tuple[str, ...] = ()):
+    """--cache/--weight/--audio-key/--text-key/--config, then one option per TrainConfig field (duetmc.config);
+    `hidden` fields are parsed (so the command can refuse them by name) but not listed in --help."""
     from duetmc.config import cli_fields
 
     options = [
@@ -73,7 +75,7 @@ def train_options(fn):
         click.option("--text-key", default=None, help="Text feature group when the cache has several."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      help="JSON file of training options (flat, or a run's config.json)."),
-    ] + [_config_option(f) for f in cli_fields()]
+    ] + [_config_option(f, f.name in hidden) for f in cli_fields()]
     for option in reversed(options):
         fn = option(fn)
     return fn
@@ -233,8 +235,12 @@ def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselin
             raise path_error(exc, "(--out); the metrics were printed above") from exc
 
 
+def _ablate_options(fn):
+    return train_options(fn, hidden=("seed",))  # ablate's seeds are --seeds
+
+
 @click.command("ablate")
-@train_options
+@_ablate_options
 @click.option("--eval-cache", "eval_caches", multiple=True,
               help="Caches to evaluate every run on [default: the first --cache].")
 @click.option("--out", required=True, help="Directory for every run, table.md, results.json and bars.png.")
