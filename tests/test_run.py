@@ -188,6 +188,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_resume_refuses_science_changes_and_applies_safe_ones(signal_cache, tmp_path):
     run = tmp_path / "run"
     assert invoke("train", "--cache", signal_cache, "--out", run, "--epochs", 1, "--batch-size", 16,
@@ -208,6 +209,7 @@ def test_resume_refuses_science_changes_and_applies_safe_ones(signal_cache, tmp_
     assert rundir.read_config(run)[0].data[0].cache == str(moved.resolve())
 
 
+@pytest.mark.slow
 def test_resuming_an_early_stopped_run_trains_no_more(signal_cache, tmp_path):
     run = tmp_path / "run"
     # lr 0 after warm-up never improves the validation loss: patience 1 stops after epoch 1
