@@ -283,6 +283,8 @@ def test_eval_works_from_another_directory_and_on_a_read_only_run(signal_cache, 
     assert res.exit_code == 0, res.output
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written into the run
     assert json.loads(res.output)[0]["n_items"] == 20
+    res = invoke("embed", run, "--out", tmp_path / "emb.npz", "--split", "test", "--json")
+    assert res.exit_code == 0 and json.loads(res.output)["embeddings"] == 20
 
 
 @pytest.mark.slow
@@ -333,3 +335,13 @@ def test_ablate_refuses_seed_next_to_seeds(tmp_path):
     res = invoke("ablate", "--cache", tmp_path / "c.zarr", "--out", tmp_path / "abl", "--seed", 3, "--seeds", 2)
     assert res.exit_code == 2 and "give --seeds N, not --seed" in res.output
     assert "--seed " not in invoke("ablate", "--help").output
+
+
+def test_a_second_train_into_a_locked_run_is_refused(tmp_path):
+    import socket
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    res = invoke("train", "--resume", "--out", run)  # nothing to resume yet: it would start, but the lock holds
+    assert res.exit_code == 2 and f"pid {os.getpid()}" in res.output and socket.gethostname() in res.output
