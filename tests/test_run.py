@@ -337,11 +337,11 @@ def test_ablate_refuses_seed_next_to_seeds(tmp_path):
     assert "--seed " not in invoke("ablate", "--help").output
 
 
-def test_a_second_train_into_a_locked_run_is_refused(tmp_path):
+def test_a_second_train_into_a_locked_run_is_refused(signal_cache, tmp_path):
     import socket
 
     run = tmp_path / "run"
     run.mkdir()
     (run / rundir.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
-    res = invoke("train", "--resume", "--out", run)  # nothing to resume yet: it would start, but the lock holds
+    res = invoke("train", "--cache", signal_cache, "--out", run)
     assert res.exit_code == 2 and f"pid {os.getpid()}" in res.output and socket.gethostname() in res.output
