@@ -17,7 +17,10 @@ import numpy as np
 from duetmc import metrics
 from duetmc.evaluate import PROBE_COLUMNS, EvalConfig, evaluate_index, probe_columns
 from duetmc.dataset import DataSpec, PairIndex
-from duetmc.train import TrainConfig, load_data, load_run, train
+from duetmc import run as rundir
+from duetmc.config import TrainConfig
+from duetmc.run import load_run
+from duetmc.train import load_data, train
 
 # Table 4: each row adds one idea to the previous one.
 TABLE4_ROWS: list[tuple[str, dict]] = [
@@ -82,14 +85,14 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
             t = time.perf_counter()
             if name == "untrained heads":
                 rcfg = dataclasses.replace(rcfg, epochs=0)
-            if not (run / "summary.json").exists():
+            if not (run / rundir.SUMMARY).exists():
                 runs_trained += 1
-                summary = train(rcfg, resume=(run / "last.json").exists(), data=data)
+                summary = train(rcfg, resume=(run / rundir.CONFIG).exists(), data=data)
                 if summary["status"] != "finished":
                     return {"status": "preempted", "run": str(run)}
             timings["train"] += time.perf_counter() - t
             t = time.perf_counter()
-            model, _ = load_run(run, "best" if (run / "best.json").exists() else "last")
+            model, _ = load_run(run)
             for index in eval_indices:
                 d = trained_on.get(index.spec.cache)
                 res = evaluate_index(model, index, cfg.eval, *((source, d) if d is not None else ()))

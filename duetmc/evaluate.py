@@ -23,6 +23,7 @@ from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource, t
 from duetmc.heads.model import DuetHeads
 from duetmc.loss import contrastive_loss
 from duetmc.errors import UsageError
+from duetmc.run import check_weights, load_run
 
 
 BATCH_BYTES = 64 << 20  # float32 input per evaluation batch: bounds peak memory on any cache
@@ -296,10 +297,8 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
 
 def evaluate_run(run: str | Path, caches: list[str], cfg: EvalConfig, which: str = "best",
                  text_set: str | None = None) -> list[dict]:
-    """Evaluate a trained run on caches built with the same encoder settings (refused otherwise);
-    `text_set` names another set of texts of the same text encoder to query with."""
-    from duetmc.train import load_run
-
+    """Evaluate a trained run on caches built with the same encoder settings and weights (refused
+    otherwise); `text_set` names another set of texts of the same text encoder to query with."""
     model, tcfg = load_run(run, which, cfg.device)
     spec = tcfg.data[0]
     results = []
@@ -307,6 +306,7 @@ def evaluate_run(run: str | Path, caches: list[str], cfg: EvalConfig, which: str
         text = spec.text if text_set is None else cache_spec.find_text_set(
             cache_spec.open_root(cache), spec.text, text_set, cache)
         index = PairIndex(DataSpec(cache, spec.audio, text))
+        check_weights(run, cache, {"audio": dict(index.audio.attrs), "text": dict(index.text.attrs)})
         results.append(evaluate_index(model, index, cfg))
     return results
 

@@ -120,3 +120,32 @@ def contrastive_loss(
 
     logits_t2a = logit_scale * text @ all_audio.T
     return (F.cross_entropy(logits_a2t, labels) + F.cross_entropy(logits_t2a, labels)) / 2
+
+
+def textswap_negatives(
+    hard: torch.Tensor | None,
+    valid: torch.Tensor,
+    global_hard_rows,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """TextSwap's inputs to `contrastive_loss` for this rank: (hard_text, hard_mask, replace_mask).
+
+    hard: `[n, d]` embeddings of this rank's valid hard negatives, in row-major order of `valid`.
+    valid: `[b, K]` bool, which of this rank's K hard-negative slots are real.
+    global_hard_rows: `[B, K]` text rows of the whole global batch (-1 = none); every rank draws the
+        same replacement mask over all B rows from `generator`, then keeps its own slice, so the
+        draw is independent of the number of ranks.
+    Returns (None, None, None) when no row of the batch has a hard negative.
+    """
+    if hard is None:
+        return None, None, None
+    mask = valid.to(hard.device)
+    hard_text = torch.zeros(valid.shape + (hard.shape[1],), dtype=hard.dtype, device=hard.device)
+    hard_text[mask] = hard
+    b_global = len(global_hard_rows)
+    b_local = b_global // world_size
+    full_valid = torch.as_tensor(global_hard_rows >= 0)
+    replace = swap_replacement_mask(full_valid, b_global, torch.arange(b_global), generator)
+    return hard_text, mask, replace[rank * b_local:(rank + 1) * b_local].to(hard.device)

@@ -15,7 +15,7 @@ import torch
 from duetmc.cache_spec import read_strings
 from duetmc.dataset import DataSpec, MemorySource, PairIndex
 from duetmc.evaluate import embed_items
-from duetmc.train import load_run
+from duetmc.run import check_weights, load_run
 from duetmc.errors import UsageError
 
 
@@ -23,6 +23,7 @@ def _index(run, cache: str | None):
     model, cfg = load_run(run)
     spec = cfg.data[0]
     index = PairIndex(DataSpec(cache or spec.cache, spec.audio, spec.text))
+    check_weights(run, index.spec.cache, {"audio": dict(index.audio.attrs), "text": dict(index.text.attrs)})
     return model, index
 
 

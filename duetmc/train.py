@@ -1,10 +1,12 @@
 """The trainer: DuET-MC heads learnt from cached features, with the paper's recipe as defaults.
 
-Reads top to bottom: build the pair index and feature source, then per epoch draw the batch specs
-(a pure function of seed and epoch), run the steps, validate, checkpoint. Every random draw is keyed
-by (seed, epoch, step), so a run stopped by SIGUSR1/SIGTERM and resumed ends with the same weights as
+`Trainer` is a recipe of named steps: `setup` (data, heads, optimizer, a new or resumed run),
+`epoch` (the epoch's batch specs, a pure function of seed and epoch, read ahead by a prefetcher),
+`step` (one optimisation step), `validate`, `checkpoint` and `preempt`. Every random draw is keyed by
+(seed, epoch, step), so a run stopped by SIGUSR1/SIGTERM and resumed ends with the same weights as
 one that never stopped. Under torchrun each rank reads its own slice of every batch and the loss
-gathers embeddings across ranks (duetmc.loss).
+gathers embeddings across ranks (duetmc.loss). The run directory (config, checkpoints, metrics,
+plots, lock) belongs to duetmc.run.
 """
 
 from __future__ import annotations
@@ -16,70 +18,25 @@ import signal
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from duetmc.checkpoint import load_checkpoint, save_checkpoint
-from duetmc.dataset import (BatchSpec, DataSpec, MemorySource, PairIndex, SamplerConfig, StreamingSource,
+from duetmc import run as rundir
+from duetmc.cache_spec import CacheError
+from duetmc.config import TrainConfig, resume_changes
+from duetmc.dataset import (BatchSpec, MemorySource, PairIndex, SamplerConfig, StreamingSource,
                             check_compatible, epoch_batches, trim_padding)
-from duetmc.heads.model import DuetHeads, HeadsConfig, positional_sizes
-from duetmc.loss import contrastive_loss, swap_replacement_mask
-from duetmc.errors import PathError, UsageError
+from duetmc.evaluate import validate, warn_no_validation
+from duetmc.heads.model import DuetHeads, positional_sizes
+from duetmc.loss import contrastive_loss, textswap_negatives
+from duetmc.tracking import make_reporter
+from duetmc.errors import UsageError
 
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; duetmc/resources/slurm/train.sbatch requeues on it
+__all__ = ["REQUEUE_EXIT_CODE", "TrainConfig", "Trainer", "train", "load_data", "p_swap", "learning_rate"]
 
-
-@dataclass
-class TrainConfig:
-    data: list[DataSpec]
-    out: str
-    # text views (DESIGN.md §2)
-    p_cap: float = 0.5
-    views: bool = True
-    swap: bool = True
-    swap_max: float = 0.15
-    swap_warmup_epochs: int = 5
-    swap_ramp_epochs: int = 20
-    # optimisation
-    epochs: int = 100
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 5
-    patience: int = 10
-    seed: int = 0
-    # heads
-    dim: int = 256
-    transformer_layers: int = 2
-    heads: int = 2
-    dropout: float = 0.1
-    temperature: float = 0.03
-    learn_temperature: bool = False
-    positions: bool = False  # learnable positions in the heads; off: the encoders' features already carry them
-    # data loading
-    mode: str = "auto"  # auto | memory | streaming
-    memory_budget_gb: float = 8.0
-    stream_threads: int = 8
-    prefetch: int = 4
-    device: str = "cpu"
-    val_every: int = 1
-    keep_epoch_checkpoints: bool = True
-    plots: bool = True
-    progress: bool = True
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["data"] = [s.to_json() for s in self.data]
-        return d
-
-    @staticmethod
-    def from_json(d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["data"] = [DataSpec.from_json(s) for s in d["data"]]
-        return TrainConfig(**d)
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; slurm/train.sbatch requeues on it
 
 
 def p_swap(epoch: int, cfg: TrainConfig) -> float:
@@ -99,12 +56,24 @@ def learning_rate(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def heads_config(indices: list[PairIndex], cfg: TrainConfig) -> HeadsConfig:
+def feature_shapes(indices: list[PairIndex], positions: bool = False) -> dict:
+    """The heads' input shapes from the caches; with learnable positions, their sizes too (text: the
+    text encoder's own token limit, so any text it can encode fits; docs/PROTOCOL.md)."""
     (al, at, ad), (tl, _, td) = indices[0].audio_shape, indices[0].text_shape
-    return HeadsConfig(audio_dim=ad, audio_layers=al, text_dim=td, text_layers=tl, dim=cfg.dim,
-                       transformer_layers=cfg.transformer_layers, heads=cfg.heads, dropout=cfg.dropout,
-                       temperature=cfg.temperature, learn_temperature=cfg.learn_temperature,
-                       **(positional_sizes([dict(ix.text.attrs) for ix in indices], at) if cfg.positions else {}))
+    shapes = {"audio_dim": ad, "audio_layers": al, "text_dim": td, "text_layers": tl}
+    if positions:
+        shapes.update(positional_sizes([dict(ix.text.attrs) for ix in indices], at))
+    return shapes
+
+
+def heads_config(indices: list[PairIndex], cfg: TrainConfig):
+    return rundir.heads_config(cfg, feature_shapes(indices, cfg.positions))
+
+
+def group_weights(index: PairIndex) -> dict:
+    """{"audio": sha256, "text": sha256} of a cache's selected feature groups."""
+    return {m: (dict(g.attrs).get("encoder") or {}).get("weights_sha256")
+            for m, g in (("audio", index.audio), ("text", index.text))}
 
 
 def make_source(indices: list[PairIndex], cfg: TrainConfig):
@@ -116,7 +85,7 @@ def make_source(indices: list[PairIndex], cfg: TrainConfig):
     return StreamingSource(indices, cfg.device, cfg.stream_threads), mode
 
 
-class _Stop:
+class StopFlag:
     """Set by SIGUSR1/SIGTERM (SLURM's pre-emption warning); checked between steps."""
 
     def __init__(self):
@@ -195,135 +164,268 @@ def load_data(cfg: TrainConfig):
     return (indices, *make_source(indices, cfg))
 
 
-def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
+def _fresh_state() -> dict:
+    return {"epoch": 0, "step": 0, "global_step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
+            "stopped_early": False, "train_loss_sum": 0.0, "train_samples": 0, "train_seconds": 0.0,
+            "wait_seconds": 0.0}
+
+
+class Trainer:
+    """One run: `Trainer(cfg, resume).run()` returns the summary (status "finished" or "preempted").
+
+    `data` reuses `load_data`'s result across runs; `on_step(trainer)` is called after every step
+    (tests use it to deliver a signal at a known step); `stop` is a `StopFlag` the caller installed
+    as the signal handler before the trainer existed (the CLI does, to catch signals during imports).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, data=None, on_step=None, stop=None):
+        self.cfg, self.resume, self.shared_data, self.on_step = cfg.validate(), resume, data, on_step
+        self.out = Path(cfg.out)
+        self.rank, self.world = _dist()
+        self.stop = stop if stop is not None else StopFlag()
+        self.state = _fresh_state()
+        self.source = None
+        self.reporter = None
+        self.t_load = 0.0
+
+    # --- the recipe ---------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        handlers = {s: signal.signal(s, self.stop) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        lock = rundir.RunLock(self.out)
+        try:
+            if self.rank == 0:
+                self.out.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
+            self.setup()
+            if _stop_requested(self.stop, self.world):  # a signal during start-up
+                return self.preempt()
+            while self.state["epoch"] < self.cfg.epochs and not self.state["stopped_early"]:
+                if not self.epoch():
+                    return self.preempt()
+            return self.finish()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if self.shared_data is None and self.source is not None:
+                self.source.close()
+            if self.reporter is not None:
+                self.reporter.close()
+            lock.release()
+
+    def setup(self) -> None:
+        """Data, heads and optimizer; a new run's config, or a resumed run's checkpoint."""
+        cfg = self.cfg
+        t = time.perf_counter()
+        self.indices, self.source, self.mode = self.shared_data or load_data(cfg)
+        if self.rank == 0:
+            warn_no_validation(self.indices)
+        self.t_load = time.perf_counter() - t
+        features = {"shapes": feature_shapes(self.indices, cfg.positions), "weights_sha256": group_weights(self.indices[0])}
+        torch.manual_seed(cfg.seed)
+        self.model = DuetHeads(rundir.heads_config(cfg, features["shapes"])).to(cfg.device)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        existing = (self.out / rundir.CONFIG).exists()
+        if self.world > 1:  # every rank decides "new or resumed" before rank 0 writes the config
+            torch.distributed.barrier()
+        if existing:
+            self._reopen(features)
+        elif self.rank == 0:
+            rundir.write_config(self.out, cfg, features)
+        self.net = PairForward(self.model)
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net)
+        self.sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap, shard_shuffle=self.mode == "streaming")
+        if self.rank == 0:
+            self.reporter = make_reporter(cfg.report_to, self.out)
+
+    def _reopen(self, features: dict) -> None:
+        """Continue the run in `out`: same science, same feature weights; metrics cut to the checkpoint."""
+        if not self.resume:
+            raise UsageError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
+        recorded, old_features = rundir.read_config(self.out)
+        _, refused = resume_changes(recorded, {f: getattr(self.cfg, f) for f in vars(self.cfg) if f != "data"})
+        refused += _data_changes(recorded, self.cfg)
+        for modality, sha in old_features.get("weights_sha256", {}).items():
+            if sha and features["weights_sha256"].get(modality) not in (None, sha):
+                refused.append(f"{modality} encoder weights: sha256 {sha[:12]}… -> "
+                               f"{features['weights_sha256'][modality][:12]}…")
+        if refused:
+            raise UsageError(f"{self.out}: --resume cannot change the science of a run: {'; '.join(refused)}; "
+                             "start a new run with another --out")
+        if self.rank == 0:
+            rundir.write_config(self.out, self.cfg, features)  # applied safe changes (new cache path, epochs)
+        if rundir.exists(self.out / "last"):
+            self.state.update(rundir.load_checkpoint(self.out / "last", self.model, self.optimizer,
+                                                     map_location=self.cfg.device)["train"])
+        if self.rank == 0:
+            rundir.truncate_metrics(self.out, self.state["epoch"])
+
+    def epoch(self) -> bool:
+        """Train the rest of the current epoch, then validate and checkpoint; False when pre-empted."""
+        cfg, state = self.cfg, self.state
+        epoch = state["epoch"]
+        self._check_caches()
+        ps = p_swap(epoch, cfg)
+        batches = epoch_batches(self.indices, self.sampler, cfg.seed, epoch, cfg.batch_size, ps,
+                                multiple_of=self.world)
+        todo = batches[state["step"]:]
+        t_epoch = time.perf_counter()
+        prefetch = Prefetcher(self._fetch, todo, cfg.prefetch)
+        self.lr = learning_rate(max(0, state["global_step"] - 1), len(batches), cfg)  # if no step is left
+        self.net.train()
+        try:
+            for spec, batch in zip(todo, self._checked(prefetch)):
+                self.step(spec, batch, len(batches))
+                if self.on_step is not None:
+                    self.on_step(self)
+                if _stop_requested(self.stop, self.world):
+                    break
+        finally:
+            prefetch.close()
+        state["train_seconds"] += time.perf_counter() - t_epoch
+        state["wait_seconds"] += prefetch.wait_s
+        if self.stop.requested:
+            return False
+        self._check_caches()  # a moved cache may read as fill values: never checkpoint such an epoch
+        record = self.validate(self._epoch_record(epoch, ps))
+        self.checkpoint(record)
+        return True
+
+    def step(self, spec: BatchSpec, batch, steps_per_epoch: int) -> None:
+        """One optimisation step on this rank's slice of a batch."""
+        cfg, state = self.cfg, self.state
+        audio, text, text_len, valid, hard, hard_len = batch
+        step = state["global_step"]
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout draws keyed by step
+        self.lr = learning_rate(step, steps_per_epoch, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        a, t, h, scale = self.net(audio, text, text_len, hard, hard_len)
+        g = torch.Generator().manual_seed(cfg.seed * 7_919 + step) if h is not None else None
+        hard_text, hard_mask, replace = textswap_negatives(h, valid, spec.hard_rows, g, self.rank, self.world)
+        loss = contrastive_loss(a, t, scale, hard_text, hard_mask, replace, rank=self.rank, world_size=self.world)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        state["global_step"] += 1
+        state["step"] += 1
+        logged = loss.detach().clone()
+        if self.world > 1:  # log the global batch's loss, not this rank's share
+            torch.distributed.all_reduce(logged)
+            logged /= self.world
+        state["train_loss_sum"] += float(logged) * len(spec.ds)
+        state["train_samples"] += len(spec.ds)
+
+    def validate(self, record: dict) -> dict:
+        """Validation loss and R@10 (every `val_every` epochs and at the last); early-stopping bookkeeping."""
+        cfg, state, epoch = self.cfg, self.state, record["epoch"]
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            record.update(validate(self.model, self.indices, self.source, cfg.p_cap))
+        self.improved = record.get("val_loss") is not None and (
+            state["best_val"] is None or record["val_loss"] < state["best_val"])
+        if self.improved:
+            state["best_val"], state["best_epoch"], state["bad_epochs"] = record["val_loss"], epoch, 0
+        elif record.get("val_loss") is not None:
+            state["bad_epochs"] += 1
+        state.update(epoch=epoch + 1, step=0, train_loss_sum=0.0, train_samples=0, train_seconds=0.0,
+                     wait_seconds=0.0, stopped_early=state["bad_epochs"] >= cfg.patience)
+        return record
+
+    def checkpoint(self, record: dict) -> None:
+        """Metrics line, epoch and best checkpoints, then `last/` (published last: it is the resume point)."""
+        if self.rank != 0:
+            return
+        epoch = record["epoch"]
+        rundir.append_metrics(self.out, record)
+        if self.cfg.keep_epoch_checkpoints:
+            rundir.save_checkpoint(self.out / "checkpoints" / f"epoch_{epoch:03d}", self.model,
+                                   {"epoch": epoch, "metrics": record})
+        if self.improved or self.state["best_epoch"] is None:
+            rundir.save_checkpoint(self.out / "best", self.model, {"epoch": epoch, "metrics": record})
+        rundir.save_checkpoint(self.out / "last", self.model, {"train": self.state}, self.optimizer)
+        if self.reporter is not None:
+            self.reporter.epoch(record, self.model)
+        if self.cfg.progress:
+            print(_progress_line(record), flush=True)
+
+    def preempt(self) -> dict:
+        """Save where the run stands (mid-epoch, or before its first step) and ask to be requeued."""
+        if self.rank == 0:
+            rundir.save_checkpoint(self.out / "last", self.model, {"train": self.state}, self.optimizer)
+            if self.cfg.plots:
+                rundir.write_plots(self.out)
+        return {"status": "preempted", "epoch": self.state["epoch"], "step": self.state["step"],
+                "exit_code": REQUEUE_EXIT_CODE}
+
+    def finish(self) -> dict:
+        state = self.state
+        summary = {"status": "finished", "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+                   "best_val_loss": state["best_val"], "stopped_early": state["stopped_early"],
+                   "trainable_parameters": self.model.trainable_parameters(), "mode": self.mode,
+                   "run": str(self.out), "load_seconds": self.t_load, "train_seconds": None}
+        if self.rank == 0:
+            summary["train_seconds"] = sum(r["seconds"] for r in rundir.read_metrics(self.out))
+            if not rundir.exists(self.out / "best"):  # epochs=0: the untrained heads are the result
+                rundir.save_checkpoint(self.out / "best", self.model, {"epoch": None, "metrics": {}})
+            rundir.write_atomic(self.out / rundir.SUMMARY, json.dumps(summary, indent=2))
+            if self.cfg.plots:
+                rundir.write_plots(self.out)
+        return summary
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _fetch(self, spec: BatchSpec):
+        b = len(spec.ds) // self.world
+        return fetch(self.source, spec, self.rank * b, (self.rank + 1) * b)
+
+    def _check_caches(self) -> None:
+        """A cache that vanished under a running job is named in one line (the last checkpoint stays)."""
+        for ix in self.indices:
+            cache = ix.spec.cache
+            if "://" not in cache and not Path(cache).exists():
+                raise CacheError(f"{cache}: the cache disappeared while training (moved or deleted); put it "
+                                 f"back, or resume with `duetmc train --resume --out {self.out} --cache NEW`")
+
+    def _checked(self, batches):
+        """The prefetched batches; a read error from a vanished cache becomes `_check_caches`'s message."""
+        try:
+            yield from batches
+        except (KeyError, OSError) as exc:
+            try:
+                self._check_caches()
+            except CacheError as gone:
+                raise gone from exc
+            raise
+
+    def _epoch_record(self, epoch: int, ps: float) -> dict:
+        s = self.state
+        return {"epoch": epoch, "train_loss": s["train_loss_sum"] / max(1, s["train_samples"]), "lr": self.lr,
+                "p_swap": ps, "samples_per_s": s["train_samples"] / max(1e-9, s["train_seconds"]),
+                "data_wait_frac": s["wait_seconds"] / max(1e-9, s["train_seconds"]),
+                "seconds": s["train_seconds"], "mode": self.mode}
+
+
+def _data_changes(recorded: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """Differences in what is read from the caches; only a cache's path may change."""
+    old = [dict(s.to_json(), cache=None) for s in recorded.data]
+    new = [dict(s.to_json(), cache=None) for s in cfg.data]
+    if old == new:
+        return []
+    return [f"caches/feature groups/weights: {[s.to_json() for s in recorded.data]} -> "
+            f"{[s.to_json() for s in cfg.data]}"]
+
+
+def train(cfg: TrainConfig, resume: bool = False, data=None, on_step=None, stop=None) -> dict:
     """Train (or resume) a run in `cfg.out`; `data` reuses `load_data`'s result.
 
     Returns the run summary, whose status is "preempted" (exit code 75) after SIGUSR1/SIGTERM.
     """
-    rank, world = _dist()
-    out = Path(cfg.out)
-    t_load = time.perf_counter()
-    indices, source, mode = data or load_data(cfg)
-    t_load = time.perf_counter() - t_load
-    torch.manual_seed(cfg.seed)
-    hcfg = heads_config(indices, cfg)
-    model = DuetHeads(hcfg).to(cfg.device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "step": 0, "global_step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0,
-             "train_loss_sum": 0.0, "train_samples": 0, "train_seconds": 0.0, "wait_seconds": 0.0}
-    if (out / "last.json").exists():
-        if not resume:
-            raise UsageError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        state.update(load_checkpoint(out / "last", model, optimizer, map_location=cfg.device)["train"])
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"train": cfg.to_json(), "heads": asdict(hcfg)}, indent=2))
-    net = PairForward(model)
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net)
-    sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap, shard_shuffle=mode == "streaming")
-    stop = _Stop()
-    handlers = {s: signal.signal(s, stop) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    from duetmc.evaluate import validate, warn_no_validation
-
-    warn_no_validation(indices)
-
-    try:
-        while state["epoch"] < cfg.epochs:
-            epoch = state["epoch"]
-            ps = p_swap(epoch, cfg)
-            batches = epoch_batches(indices, sampler, cfg.seed, epoch, cfg.batch_size, ps, multiple_of=world)
-            t_epoch = time.perf_counter()
-            prefetch = Prefetcher(lambda s: fetch(source, s, rank * (len(s.ds) // world),
-                                                  (rank + 1) * (len(s.ds) // world)),
-                                  batches[state["step"]:], cfg.prefetch)
-            lr = learning_rate(max(0, state["global_step"] - 1), len(batches), cfg)  # if no step is left
-            net.train()
-            for spec, (audio, text, text_len, valid, hard, hard_len) in zip(batches[state["step"]:], prefetch):
-                step = state["global_step"]
-                torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout draws keyed by step
-                lr = learning_rate(step, len(batches), cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                a, t, h, scale = net(audio, text, text_len, hard, hard_len)
-                b_global = len(spec.ds)
-                b_local = b_global // world
-                hard_text = hard_mask = replace = None
-                if h is not None:
-                    hard_text = torch.zeros(valid.shape + (h.shape[1],), dtype=h.dtype, device=h.device)
-                    hard_text[valid.to(h.device)] = h
-                    hard_mask = valid.to(h.device)
-                    g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-                    full_valid = torch.from_numpy(spec.hard_rows >= 0)
-                    replace = swap_replacement_mask(full_valid, b_global, torch.arange(b_global), g)
-                    replace = replace[rank * b_local:(rank + 1) * b_local].to(h.device)
-                loss = contrastive_loss(a, t, scale, hard_text, hard_mask, replace, rank=rank, world_size=world)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                state["global_step"] += 1
-                state["step"] += 1
-                logged = loss.detach().clone()
-                if world > 1:  # log the global batch's loss, not this rank's share
-                    torch.distributed.all_reduce(logged)
-                    logged /= world
-                state["train_loss_sum"] += float(logged) * b_global
-                state["train_samples"] += b_global
-                if _stop_requested(stop, world):
-                    break
-            prefetch.close()
-            state["train_seconds"] += time.perf_counter() - t_epoch
-            state["wait_seconds"] += prefetch.wait_s
-            if stop.requested:
-                if rank == 0:
-                    save_checkpoint(out / "last", model, {"train": state}, optimizer)
-                    _write_plots(out, cfg)
-                return {"status": "preempted", "epoch": epoch, "step": state["step"], "exit_code": REQUEUE_EXIT_CODE}
-            record = {"epoch": epoch, "train_loss": state["train_loss_sum"] / max(1, state["train_samples"]),
-                      "lr": lr, "p_swap": ps, "samples_per_s": state["train_samples"] / max(1e-9, state["train_seconds"]),
-                      "data_wait_frac": state["wait_seconds"] / max(1e-9, state["train_seconds"]),
-                      "seconds": state["train_seconds"], "mode": mode}
-            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                record.update(validate(model, indices, source, cfg.p_cap))
-            improved = record.get("val_loss") is not None and (
-                state["best_val"] is None or record["val_loss"] < state["best_val"])
-            if improved:
-                state["best_val"], state["best_epoch"], state["bad_epochs"] = record["val_loss"], epoch, 0
-            elif record.get("val_loss") is not None:
-                state["bad_epochs"] += 1
-            state.update(epoch=epoch + 1, step=0, train_loss_sum=0.0, train_samples=0, train_seconds=0.0,
-                         wait_seconds=0.0)
-            if rank == 0:
-                with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                if cfg.keep_epoch_checkpoints:
-                    save_checkpoint(out / "checkpoints" / f"epoch_{epoch:03d}", model, {"epoch": epoch, "metrics": record})
-                if improved or state["best_epoch"] is None:
-                    save_checkpoint(out / "best", model, {"epoch": epoch, "metrics": record})
-                save_checkpoint(out / "last", model, {"train": state}, optimizer)
-                if cfg.progress:
-                    print(_progress_line(record), flush=True)
-            if state["bad_epochs"] >= cfg.patience:
-                break
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        if data is None:
-            source.close()
-    summary = {"status": "finished", "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-               "best_val_loss": state["best_val"], "trainable_parameters": model.trainable_parameters(),
-               "mode": mode, "run": str(out), "load_seconds": t_load,
-               "train_seconds": sum(r["seconds"] for r in read_metrics(out)) if rank == 0 else None}
-    if rank == 0:
-        if not (out / "best.json").exists():  # epochs=0: the untrained heads are the result
-            save_checkpoint(out / "best", model, {"epoch": None, "metrics": {}})
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        _write_plots(out, cfg)
-    return summary
+    return Trainer(cfg, resume, data, on_step, stop).run()
 
 
-def _stop_requested(stop: _Stop, world: int) -> bool:
+def _stop_requested(stop: StopFlag, world: int) -> bool:
     if world == 1:
         return stop.requested
     flag = torch.tensor([1.0 if stop.requested else 0.0])
@@ -336,53 +438,3 @@ def _progress_line(r: dict) -> str:
     val = f" val {r['val_loss']:.3f} R@10 {r['val_R@10']:.1f}" if "val_loss" in r else ""
     return (f"epoch {r['epoch']:3d}  train {r['train_loss']:.3f}{val}  lr {r['lr']:.2e}  p_swap {r['p_swap']:.3f}"
             f"  {r['samples_per_s']:.0f} samples/s")
-
-
-def read_metrics(run: str | Path) -> list[dict]:
-    path = Path(run) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _write_plots(out: Path, cfg: TrainConfig) -> None:
-    if not cfg.plots:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(out)
-    if not rows:
-        return
-    ep = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ep, [r["train_loss"] for r in rows], label="train")
-    val = [(r["epoch"], r["val_loss"]) for r in rows if "val_loss" in r]
-    if val:
-        ax.plot(*zip(*val), label="val")
-    ax.set(xlabel="epoch", ylabel="InfoNCE loss", title="Loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=100)
-    plt.close(fig)
-    r10 = [(r["epoch"], r["val_R@10"]) for r in rows if "val_R@10" in r]
-    if r10:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(*zip(*r10), marker="o")
-        ax.set(xlabel="epoch", ylabel="R@10 (%)", title="Validation text→music R@10")
-        fig.tight_layout()
-        fig.savefig(out / "r10.png", dpi=100)
-        plt.close(fig)
-
-
-def load_run(run: str | Path, which: str = "best", device: str = "cpu") -> tuple[DuetHeads, TrainConfig]:
-    """A trained model and its config from a run directory."""
-    run = Path(run)
-    conf_path = run / "config.json"
-    if not conf_path.exists():
-        raise PathError(f"{run}: not a run directory (no config.json); train one with `duetmc train`")
-    conf = json.loads(conf_path.read_text())
-    model = DuetHeads(HeadsConfig(**conf["heads"])).to(device)
-    load_checkpoint(run / which, model, map_location=device)
-    model.eval()
-    return model, TrainConfig.from_json(conf["train"])

@@ -37,3 +37,12 @@ def slurm_cluster():
     yield cluster
     cluster.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def signal_cache(tmp_path_factory):
+    """The learnable-signal cache of tests/train_fixtures.py, built once per session (defined here, not
+    imported into each module: an imported fixture is a new fixture per module, built again each time)."""
+    from train_fixtures import build_signal_cache
+
+    return build_signal_cache(tmp_path_factory.mktemp("signal"))

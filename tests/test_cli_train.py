@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from duetmc.cli import main
 from duetmc.dataset import MemorySource, PairIndex, SamplerConfig, StreamingSource, epoch_batches, resolve_spec
 from duetmc.evaluate import EvalConfig, evaluate_embeddings, evaluate_index
-from duetmc.train import TrainConfig, fetch, load_run, train
-from train_fixtures import build_signal_cache, signal_cache  # noqa: F401  (fixture)
+from duetmc.run import load_run
+from duetmc.train import TrainConfig, fetch, train
+from train_fixtures import build_signal_cache
 
 
 def invoke(*args):
@@ -33,7 +34,7 @@ def test_train_eval_search_embed_cli(signal_cache, tmp_path):
     summary = json.loads(invoke("train", "--cache", signal_cache, "--out", run, "--epochs", 2, "--batch-size", 16,
                                 "--json"))
     assert summary["status"] == "finished" and summary["epochs"] == 2
-    cfg = json.loads((run / "config.json").read_text())["train"]
+    cfg = json.loads((run / "config.json").read_text())["optim"]
     assert cfg["epochs"] == 2 and cfg["batch_size"] == 16 and cfg["lr"] == 1e-3  # given options and defaults
     results = json.loads(invoke("eval", run, "--json", "--subsets", 3, "--queries", "all"))
     res = results[0]
@@ -43,7 +44,9 @@ def test_train_eval_search_embed_cli(signal_cache, tmp_path):
         assert 1 <= m["MedR"] <= 20
     # the test clips (80-99) carry all 8 genres and 3 of the 4 moods
     assert 0 <= res["tag_retrieval"]["roc_auc"] <= 1 and res["tag_retrieval"]["n_tags"] == 11
-    assert (run / "eval.json").exists()
+    assert not (run / "eval.json").exists()  # nothing is written into the run
+    invoke("eval", run, "--subsets", 3, "--out", tmp_path / "res" / "eval.json")
+    assert json.loads((tmp_path / "res" / "eval.json").read_text())[0]["n_items"] == 20
     hits = json.loads(invoke("search", run, "a calm jazz song", "-k", 3, "--json"))
     assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert set(hits[0]["tags"]) == {"genre", "mood"}
@@ -86,13 +89,13 @@ def test_ablation_writes_table_chart_and_reuses_runs(signal_cache, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert len(res["rows"]) == 5 * 2 and {r["seed"] for r in res["rows"]} == {0, 1}
     assert (out / "bars.png").stat().st_size > 1000
-    assert json.loads((out / "tags_only" / "seed1" / "config.json").read_text())["train"]["p_cap"] == 0.0
-    swap = json.loads((out / "textswap" / "seed0" / "config.json").read_text())["train"]
+    assert json.loads((out / "tags_only" / "seed1" / "config.json").read_text())["text"]["p_cap"] == 0.0
+    swap = json.loads((out / "textswap" / "seed0" / "config.json").read_text())["text"]
     assert (swap["p_cap"], swap["views"], swap["swap"]) == (0.5, True, True)
-    mtime = (out / "textswap" / "seed0" / "last.safetensors").stat().st_mtime
+    mtime = (out / "textswap" / "seed0" / "last" / "model.safetensors").stat().st_mtime
     invoke("ablate", "--cache", signal_cache, "--eval-cache", signal_cache, "--out", out, "--seeds", 2,
            "--epochs", 2, "--batch-size", 16, "--no-sweep", "--subsets", 2, "--queries", "all")
-    assert (out / "textswap" / "seed0" / "last.safetensors").stat().st_mtime == mtime  # reused, not retrained
+    assert (out / "textswap" / "seed0" / "last" / "model.safetensors").stat().st_mtime == mtime  # reused, not retrained
 
 
 def test_streaming_and_memory_sources_give_identical_batches(signal_cache):
@@ -112,14 +115,18 @@ def test_streaming_and_memory_sources_give_identical_batches(signal_cache):
     assert np.count_nonzero(np.diff(order)) < len(np.unique(order)) + 1
 
 
+@pytest.mark.xfail(strict=True, reason="fixed by the sampler change: streaming shuffles by shard today")
 def test_training_in_streaming_mode_equals_memory_mode(signal_cache, tmp_path):
+    """The feature source is a performance choice: same seed and config, same losses in both modes."""
     common = dict(data=[resolve_spec(signal_cache)], epochs=2, batch_size=16, progress=False, plots=False,
                   keep_epoch_checkpoints=False)
     a = train(TrainConfig(out=str(tmp_path / "mem"), mode="memory", **common))
     b = train(TrainConfig(out=str(tmp_path / "stream"), mode="streaming", **common))
     assert (a["mode"], b["mode"]) == ("memory", "streaming")
-    ma, mb = (json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[-1]) for r in ("mem", "stream"))
-    assert np.isfinite(ma["train_loss"]) and np.isfinite(mb["train_loss"])
+    ma, mb = ([json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+              for r in ("mem", "stream"))
+    for key in ("train_loss", "val_loss"):
+        assert [m[key] for m in ma] == pytest.approx([m[key] for m in mb], rel=1e-6), key
 
 
 def test_mixed_caches_with_weights(signal_cache, tmp_path):

@@ -391,7 +391,7 @@ def test_train_job_checkpoints_on_usr1_requeues_and_ends_with_the_uninterrupted_
     assert (run / "summary.json").exists(), log[-3000:]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 40
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 40
-    got, want = load_file(run / "last.safetensors"), load_file(reference / "last.safetensors")
+    got, want = load_file(run / "last" / "model.safetensors"), load_file(reference / "last" / "model.safetensors")
     assert got.keys() == want.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)

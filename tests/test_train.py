@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from duetmc import train as train_mod
-from duetmc.errors import UsageError
 from duetmc.dataset import PairIndex, SamplerConfig, epoch_batches, resolve_spec
 from duetmc.evaluate import EvalConfig, evaluate_index
-from duetmc.train import TrainConfig, learning_rate, load_run, p_swap, train
-from train_fixtures import signal_cache  # noqa: F401  (fixture)
+from duetmc.errors import UsageError
+from duetmc.run import load_run
+from duetmc.train import TrainConfig, learning_rate, p_swap, train
 
 
 def small(cache, out, **kw) -> TrainConfig:
@@ -141,49 +140,50 @@ def test_training_learns_and_beats_untrained_heads(signal_cache, tmp_path):
 
 
 def _weights(run: Path, name: str) -> dict:
-    return load_file(str(run / f"{name}.safetensors"))
+    return load_file(str(run / name / "model.safetensors"))
+
+
+def _signal_at(step: int, signum=signal.SIGUSR1):
+    """An on_step hook that sends this process `signum` after global step `step`: the real handler
+    then stops the run at a known step, whatever the machine's speed."""
+    def hook(trainer):
+        if trainer.state["global_step"] == step:
+            os.kill(os.getpid(), signum)
+    return hook
 
 
 def test_resume_after_sigusr1_gives_identical_weights(signal_cache, tmp_path):
-    """A run pre-empted mid-epoch by SIGUSR1 and resumed ends bit-identical to an uninterrupted one."""
-    common = ["--cache", signal_cache, "--epochs", "4", "--batch-size", "8", "--config"]
-    conf = tmp_path / "conf.json"
-    conf.write_text(json.dumps({"warmup_epochs": 1, "plots": False, "keep_epoch_checkpoints": False,
-                                "swap_warmup_epochs": 0, "swap_ramp_epochs": 2}))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    duetmc = [sys.executable, "-m", "duetmc", "train"]
-    subprocess.run(duetmc + common + [str(conf), "--out", str(tmp_path / "full")], check=True, env=env,
-                   capture_output=True)
+    """A run pre-empted mid-epoch by SIGUSR1 and resumed with `--resume --out` alone ends bit-identical
+    to an uninterrupted one, with one metrics line per epoch."""
+    kw = dict(epochs=4, batch_size=8, warmup_epochs=1, swap_warmup_epochs=0, swap_ramp_epochs=2)
+    train(small(signal_cache, tmp_path / "full", **kw))
     run = tmp_path / "cut"
-    proc = subprocess.Popen(duetmc + common + [str(conf), "--out", str(run)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the second epoch
-    proc.send_signal(signal.SIGUSR1)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 75, err
-    state = json.loads((run / "last.json").read_text())["train"]
-    assert state["epoch"] < 4
-    subprocess.run(duetmc + ["--out", str(run), "--cache", signal_cache, "--resume"], check=True, env=env,
-                   capture_output=True)
+    summary = train(small(signal_cache, run, **kw), on_step=_signal_at(10))  # 60 train clips: 8 steps/epoch
+    assert summary["status"] == "preempted" and (summary["epoch"], summary["step"]) == (1, 2)
+    assert json.loads((run / "last" / "state.json").read_text())["train"]["global_step"] == 10
+    res = subprocess.run([sys.executable, "-m", "duetmc", "train", "--resume", "--out", str(run)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
     full, cut = _weights(tmp_path / "full", "last"), _weights(run, "last")
     assert full.keys() == cut.keys()
     for k in full:
         assert torch.equal(full[k], cut[k]), k
-    assert (run / "metrics.jsonl").read_text().count("\n") == 4
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
 
 
 def test_checkpoints_load_without_pickle(signal_cache, tmp_path):
     run = tmp_path / "run"
     train(small(signal_cache, run, epochs=2, keep_epoch_checkpoints=True, plots=True))
     for name in ("best", "last", "checkpoints/epoch_000", "checkpoints/epoch_001"):
-        assert (run / f"{name}.safetensors").exists() and (run / f"{name}.json").exists()
-    assert (run / "last.optim.safetensors").exists()
+        assert (run / name / "model.safetensors").exists() and (run / name / "state.json").exists()
+    assert (run / "last" / "optimizer.safetensors").exists()
+    assert not list(run.glob("**/*.tmp-*")) and not list(run.glob("**/*.old"))
     assert (run / "loss.png").stat().st_size > 1000 and (run / "r10.png").exists()
     conf = json.loads((run / "config.json").read_text())
-    assert conf["train"]["temperature"] == 0.03 and conf["heads"]["dim"] == 256
+    assert conf["model"]["temperature"] == 0.03 and conf["model"]["dim"] == 256
+    assert conf["features"]["shapes"]["audio_layers"] >= 1 and len(conf["features"]["weights_sha256"]["audio"]) == 64
+    assert Path(conf["data"]["caches"][0]["cache"]).is_absolute()
+    assert "heads" not in conf and "train" not in conf  # serialised once
     with pytest.raises(UsageError, match="already holds a run"):
         train(small(signal_cache, run, epochs=2))
 

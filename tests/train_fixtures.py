@@ -2,13 +2,12 @@
 
 Clips are tones whose pitch is set by the genre and whose amplitude modulation is set by the mood;
 texts come from the real augment pipeline (template captions, views, TextSwap) and are featurized
-with MiniLM; audio with the tiny random HuBERT. Importing modules get the `signal_cache` fixture.
+with MiniLM; audio with the tiny random HuBERT. conftest.py builds it once per session as `signal_cache`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import soundfile as sf
 
 GENRES = ["rock", "jazz", "folk", "reggae", "ambient", "classical", "metal", "blues"]
@@ -50,8 +49,3 @@ def build_signal_cache(root, n_items: int = 100, views: int = 4):
     s = featurize_text(TextFeaturizeConfig(str(root / "views.jsonl"), cache, "minilm", batch_size=64, progress=False))
     assert s.failed == 0
     return cache
-
-
-@pytest.fixture(scope="session")
-def signal_cache(tmp_path_factory):
-    return build_signal_cache(tmp_path_factory.mktemp("signal"))
