@@ -200,7 +200,7 @@ def _scores_for_dataset(work: Path, cache: Path, dataset: str, configs: list[str
     """Per-query scores (and probes, where the evaluator offers them) of every run on one test cache."""
     from duetmc.dataset import DataSpec, MemorySource, PairIndex, resolve_spec
     from duetmc.evaluate import evaluate_index
-    from duetmc.train import load_run
+    from duetmc.run import load_run
     from recipe_stats import load_scores, query_scores, save_scores
 
     spec = resolve_spec(str(work / "cache.zarr"))
@@ -215,7 +215,7 @@ def _scores_for_dataset(work: Path, cache: Path, dataset: str, configs: list[str
                 s = load_scores(path)
                 if s is None or (probes_offered[0] is not False and not (run / f"probes_{_slug(dataset)}.json").exists()):
                     source = source or MemorySource([index], "cpu")
-                    model, _ = load_run(run, "best" if (run / "best.json").exists() else "last")
+                    model, _ = load_run(run)  # best, or last when pre-empted before validating
                     if s is None:
                         s = query_scores(model, index, eval_cfg, source, 0)
                         save_scores(path, s)

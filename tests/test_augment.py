@@ -266,7 +266,7 @@ def test_cli_augment_writes_the_views_file_and_a_summary(tmp_path):
     from duetmc.cli import main
 
     out = tmp_path / "views.jsonl"
-    res = CliRunner().invoke(main, ["augment", str(manifest), "--out", str(out), "--views", "2", "--seed", "3", "--json"])
+    res = CliRunner().invoke(main, ["augment", str(manifest), "--out", str(out), "--n-views", "2", "--seed", "3", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     recs = read_views(out)

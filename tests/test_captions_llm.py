@@ -259,7 +259,7 @@ def test_translate_cli_needs_a_server_and_known_languages(server, tmp_path):
 
     write_manifest([Item("a", tmp_path / "a.wav", {"genre": ["rock"]}, ["a loud rock song"])], tmp_path / "m.jsonl")
     (tmp_path / "a.wav").write_bytes(b"RIFF")
-    args = ["augment", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "v.jsonl"), "--views", "0"]
+    args = ["augment", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "v.jsonl"), "--n-views", "0"]
     res = CliRunner().invoke(main, [*args, "--translate", "de"])
     assert res.exit_code != 0 and "--translate needs --endpoint" in res.output
     res = CliRunner().invoke(main, [*args, "--translate", "xx", "--endpoint", "http://x/v1", "--model", "m"])

@@ -93,7 +93,7 @@ def test_a_model_trained_on_short_texts_evaluates_and_searches_long_ones(caches,
 
 @pytest.mark.slow
 def test_positions_when_asked_cover_the_encoder_limit(caches, tmp_path):
-    from duetmc.train import load_run
+    from duetmc.run import load_run
 
     short, long, _ = caches
     run = train_run(short, tmp_path / "pos", positions=True)

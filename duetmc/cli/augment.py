@@ -26,7 +26,7 @@ def _default_cache_dir() -> Path:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Views file to write (JSONL).")
 @click.option("--captioner", type=click.Choice(["template", "llm", "hf"]), default="template", show_default=True,
               help="Tag-to-caption backend: offline templates, an OpenAI-compatible server, or a local transformers model.")
-@click.option("--views", "n_views", type=click.IntRange(0), default=10, show_default=True, help="Augmented View Dropout views per item.")
+@click.option("--n-views", "n_views", type=click.IntRange(0), default=10, show_default=True, help="Augmented View Dropout views per item.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--endpoint", help="llm: base URL of the server, e.g. http://node12:8000/v1.")
 @click.option("--model", help="llm: model name served by the endpoint; hf: path to a local model folder.")
