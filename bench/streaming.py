@@ -54,7 +54,9 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.clips, args.batch_size = 1024, 128
-    from duetmc.dataset import MemorySource, PairIndex, SamplerConfig, StreamingSource, epoch_batches
+    from duetmc.feature_source import MemorySource, StreamingSource
+    from duetmc.pairs import PairIndex
+    from duetmc.sampler import SamplerConfig, epoch_batches
     from duetmc.train import Prefetcher, TrainConfig, fetch, heads_config
 
     tmp = Path(tempfile.mkdtemp(prefix="duetmc_bench2_", dir="/tmp"))
@@ -62,7 +64,7 @@ def main():
         spec = build_cache(tmp / "cache", args.clips, audio_layers=args.layers, audio_dim=args.dim,
                            tokens=args.tokens, views=False, work=tmp, splits=(0.0, 0.0))
         index = PairIndex(spec)
-        sampler = SamplerConfig(p_cap=0.0, views=False, swap=False, shard_shuffle=True)
+        sampler = SamplerConfig(p_cap=0.0, views=False, swap=False)
         hcfg = heads_config([index], TrainConfig(data=[spec], out=""))
         t0 = time.perf_counter()
         memory = MemorySource([index])

@@ -16,7 +16,7 @@ import numpy as np
 
 from duetmc import metrics
 from duetmc.evaluate import EvalConfig, evaluate_index
-from duetmc.dataset import DataSpec, PairIndex
+from duetmc.pairs import DataSpec, PairIndex
 from duetmc.train import TrainConfig, load_data, load_run, train
 
 # Table 4: each row adds one idea to the previous one.

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from duetmc import metrics
-from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource, trim_padding
+from duetmc.feature_source import DEFAULT_MEMORY_BUDGET_GB, open_source, trim_padding
+from duetmc.pairs import DataSpec, PairIndex
 from duetmc.heads.model import DuetHeads
 from duetmc.loss import contrastive_loss
 from duetmc.errors import UsageError
@@ -115,6 +116,9 @@ class EvalConfig:
     device: str = "cpu"
     music_to_text: bool = True
     tag_retrieval: bool = True
+    mode: str = "auto"  # feature source: auto | memory | streaming (duetmc.feature_source.choose_mode)
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB
+    allow_missing: bool = False  # skip items whose feature shards are missing or unreadable (warned)
 
 
 def _labels(index: PairIndex, items: np.ndarray) -> tuple[list[str], np.ndarray] | None:
@@ -143,8 +147,7 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
     own = source is None
     if own:
         d = 0
-        source = MemorySource([index], cfg.device) if index.audio["features"].nbytes < 4 * 2**30 \
-            else StreamingSource([index], cfg.device)
+        source, _ = open_source([index], cfg.mode, cfg.memory_budget_gb, cfg.device)
     items = index.items(cfg.split) if cfg.split != "all" else np.flatnonzero(index.usable)
     if len(items) == 0:
         raise UsageError(f"{index.spec.cache}: no featurized clips in split {cfg.split!r}")
@@ -178,7 +181,7 @@ def evaluate_run(run: str | Path, caches: list[str], cfg: EvalConfig, which: str
     spec = tcfg.data[0]
     results = []
     for cache in caches or [spec.cache]:
-        index = PairIndex(DataSpec(cache, spec.audio, spec.text))
+        index = PairIndex(DataSpec(cache, spec.audio, spec.text), cfg.allow_missing)
         results.append(evaluate_index(model, index, cfg))
     return results
 

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from duetmc.checkpoint import load_checkpoint, save_checkpoint
-from duetmc.dataset import (BatchSpec, DataSpec, MemorySource, PairIndex, SamplerConfig, StreamingSource,
-                            check_compatible, epoch_batches, trim_padding)
+from duetmc.feature_source import DEFAULT_MEMORY_BUDGET_GB, open_source, trim_padding
+from duetmc.pairs import DataSpec, PairIndex, check_compatible
+from duetmc.sampler import BatchSpec, SamplerConfig, epoch_batches
 from duetmc.heads.model import DuetHeads, HeadsConfig
 from duetmc.loss import contrastive_loss, swap_replacement_mask
 from duetmc.errors import PathError, UsageError
@@ -60,8 +61,9 @@ class TrainConfig:
     learn_temperature: bool = False
     # data loading
     mode: str = "auto"  # auto | memory | streaming
-    memory_budget_gb: float = 8.0
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB
     stream_threads: int = 8
+    allow_missing: bool = False  # skip items whose feature shards are missing or unreadable (warned)
     prefetch: int = 4
     device: str = "cpu"
     val_every: int = 1
@@ -107,12 +109,8 @@ def heads_config(indices: list[PairIndex], cfg: TrainConfig) -> HeadsConfig:
 
 
 def make_source(indices: list[PairIndex], cfg: TrainConfig):
-    """In memory when the selected arrays fit the budget, else streamed from Zarr."""
-    nbytes = sum(ix.audio["features"].nbytes + ix.text["features"].nbytes for ix in indices)
-    mode = cfg.mode if cfg.mode != "auto" else ("memory" if nbytes <= cfg.memory_budget_gb * 2**30 else "streaming")
-    if mode == "memory":
-        return MemorySource(indices, cfg.device), mode
-    return StreamingSource(indices, cfg.device, cfg.stream_threads), mode
+    """In memory when the selected arrays fit the budget, else streamed from Zarr (duetmc.feature_source)."""
+    return open_source(indices, cfg.mode, cfg.memory_budget_gb, cfg.device, cfg.stream_threads)
 
 
 class _Stop:
@@ -189,7 +187,7 @@ def _dist():
 
 def load_data(cfg: TrainConfig):
     """(pair indices, feature source, mode) for a config; reusable across runs on the same caches."""
-    indices = [PairIndex(s) for s in cfg.data]
+    indices = [PairIndex(s, cfg.allow_missing) for s in cfg.data]
     check_compatible(indices)
     return (indices, *make_source(indices, cfg))
 
@@ -221,7 +219,7 @@ def train(cfg: TrainConfig, resume: bool = False, data=None) -> dict:
     net = PairForward(model)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
-    sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap, shard_shuffle=mode == "streaming")
+    sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap)
     stop = _Stop()
     handlers = {s: signal.signal(s, stop) for s in (signal.SIGUSR1, signal.SIGTERM)}
     from duetmc.evaluate import validate

@@ -14,7 +14,7 @@ from duetmc.cli.common import emit_json
 
 
 def _specs(caches, weights, audio_key, text_key):
-    from duetmc.dataset import resolve_spec
+    from duetmc.pairs import resolve_spec
 
     weights = list(weights) + [1.0] * (len(caches) - len(weights))
     return [resolve_spec(c, audio_key, text_key, w) for c, w in zip(caches, weights)]
@@ -54,6 +54,8 @@ def train_options(fn):
         click.option("--mode", type=click.Choice(["auto", "memory", "streaming"]), default=None,
                      help="Feature source [auto: memory when it fits --memory-budget-gb]."),
         click.option("--memory-budget-gb", type=float, default=None, help="[8]"),
+        click.option("--allow-missing", is_flag=True, default=None,
+                     help="Skip (and report) clips whose feature shards are missing or unreadable instead of refusing."),
         click.option("--device", default=None, help="cpu, cuda, cuda:1 … [cpu]"),
         click.option("--val-every", type=int, default=None, help="Validate every N epochs [1]."),
     ]
@@ -64,7 +66,7 @@ def train_options(fn):
 
 def _overrides(kw: dict) -> dict:
     keys = ("p_cap", "views", "swap", "epochs", "batch_size", "lr", "patience", "seed", "mode",
-            "memory_budget_gb", "device", "val_every")
+            "memory_budget_gb", "device", "val_every", "allow_missing")
     return {k: kw.get(k) for k in keys}
 
 
@@ -141,12 +143,15 @@ def _print_results(results):
               help="Precomputed embeddings (.npz or Zarr with audio, audio_ids, query, query_item[, query_lang]) "
                    "scored under the same protocol.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--allow-missing", is_flag=True,
+              help="Skip (and report) clips whose feature shards are missing or unreadable instead of refusing.")
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, device, as_json):
+def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, device, allow_missing, as_json):
     """Text→music retrieval (R@1/5/10, median and mean rank), music→text and tag retrieval."""
     from duetmc.evaluate import evaluate_embeddings, evaluate_run
 
     cfg = _eval_config(split, subset_size, subsets, seed, device)
+    cfg.allow_missing = allow_missing
     results = evaluate_run(run, list(caches), cfg, checkpoint)
     results += [evaluate_embeddings(b, cfg) for b in baselines]
     (Path(run) / "eval.json").write_text(json.dumps(results, indent=2))
