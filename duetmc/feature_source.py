@@ -17,6 +17,7 @@ import torch
 from duetmc import integrity
 from duetmc.errors import UsageError
 from duetmc.pairs import PairIndex
+from duetmc.shard_reader import ShardRows
 
 DEFAULT_MEMORY_BUDGET_GB = 8.0
 MODES = ("auto", "memory", "streaming")
@@ -106,18 +107,22 @@ class MemorySource:
 
 
 class StreamingSource:
-    """Reads batches from Zarr in a thread pool: rows that lie close together in one shard as one
-    contiguous slice, scattered rows as per-row `arr[i]` reads (DESIGN.md §4: faster than oindex on
-    sharded arrays). A slice of one-row inner chunks decodes about 3x more rows per second than per-row
-    reads (bench/streaming.py), so a shard's rows are sliced when their span is at most `DENSE_SPAN`
+    """Reads each batch's rows in a thread pool, shard by shard, in the sampler's order (the trainer's
+    Prefetcher runs it ahead of the step). Local caches in duetmc's layout are read straight from the
+    shard files (duetmc.shard_reader); other stores through zarr: rows that lie close together in one
+    shard as one contiguous slice, scattered rows as per-row `arr[i]` reads (DESIGN.md §4: faster than
+    oindex on sharded arrays), a shard's rows being sliced when their span is at most `DENSE_SPAN`
     times their count."""
 
     DENSE_SPAN = 3
 
-    def __init__(self, indices: list[PairIndex], device: str = "cpu", threads: int = 8):
+    def __init__(self, indices: list[PairIndex], device: str = "cpu", threads: int = 8, direct: bool = True):
         self.indices = indices
         self.audio = [ix.audio["features"] for ix in indices]
         self.text = [ix.text["features"] for ix in indices]
+        self.direct = {(m, d): ShardRows(ix.group(m)["features"], ix.where(m), self._items_of(ix, m))
+                       for d, ix in enumerate(indices) for m in ("audio", "text")
+                       if direct and ShardRows.supports(ix.group(m)["features"])}
         self.text_len = [torch.from_numpy(ix.text_lengths.astype(np.int64)) for ix in indices]
         self.text_tokens = max(ix.text_shape[1] for ix in indices)
         self.device = device
@@ -125,8 +130,9 @@ class StreamingSource:
         self.rows_read = 0
         self.bytes_read = 0
 
-    def _reads(self, arrays, ds, rows):
-        """(dataset, row slice, batch positions) per read: dense runs within a shard coalesce into one slice."""
+    def _reads(self, arrays, ds, rows, modality):
+        """(dataset, row slice, batch positions) per read: one per shard for direct reads; through zarr,
+        dense runs within a shard coalesce into one slice."""
         reads = []
         for d in np.unique(ds):
             sel = np.flatnonzero(ds == d)
@@ -136,29 +142,37 @@ class StreamingSource:
                 pos = sel[shard == s]
                 r = rows[pos]
                 lo, hi = int(r.min()), int(r.max()) + 1
-                if hi - lo <= self.DENSE_SPAN * len(np.unique(r)):
+                if (modality, int(d)) in self.direct or hi - lo <= self.DENSE_SPAN * len(np.unique(r)):
                     reads.append((int(d), lo, hi, pos))
                 else:
                     reads += [(int(d), int(rows[p]), int(rows[p]) + 1, np.array([p])) for p in pos]
         return reads
 
+    @staticmethod
+    def _items_of(index: PairIndex, modality: str):
+        return lambda rows: index.items_of(modality)(rows)  # built only when a read fails
+
     def _read(self, modality, ds, rows, pad_tokens=None):
         arrays = self.audio if modality == "audio" else self.text
         ds, rows = np.asarray(ds), np.asarray(rows, dtype=np.int64)
-        reads = self._reads(arrays, ds, rows)
+        reads = self._reads(arrays, ds, rows, modality)
 
         def read(rd):
+            direct = self.direct.get((modality, rd[0]))
+            if direct is not None:
+                return direct.read(rows[rd[3]]), True
             index = self.indices[rd[0]]
             return integrity.read_rows(arrays[rd[0]], rd[1], rd[2], index.where(modality),
-                                      lambda r: index.items_of(modality)(r))  # built only on failure
+                                      self._items_of(index, modality)), False
 
         blocks = self.pool.map(read, reads)
         shape = arrays[int(ds[0])].shape[1:]
         if pad_tokens is not None:
             shape = shape[:1] + (pad_tokens,) + shape[2:]
         x = np.zeros((len(rows),) + shape, dtype=arrays[int(ds[0])].dtype)
-        for (_, lo, _, pos), block in zip(reads, blocks):
-            x[pos, :, : block.shape[2]] = block[rows[pos] - lo]  # shorter texts of another cache: zero-padded
+        for (_, lo, _, pos), (block, in_order) in zip(reads, blocks):
+            block = block if in_order else block[rows[pos] - lo]
+            x[pos, :, : block.shape[2]] = block  # shorter texts of another cache: zero-padded
         self.rows_read += len(rows)
         self.bytes_read += x.nbytes
         return torch.from_numpy(x).to(self.device)
