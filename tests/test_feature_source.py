@@ -147,3 +147,27 @@ def test_mixing_refuses_other_weights_and_warns_about_shared_clips(tiny_cache, t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_compatible([a])
+
+
+def test_direct_shard_reads_equal_zarr_reads(tmp_path):
+    from duetmc.cache_spec import create_array
+    from duetmc.shard_reader import ShardRows
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    arr = create_array(group, "features", (40, 2, 3, 4), "float16", (1, 2, 3, 4), ("w", "l", "t", "d"),
+                       shards=(16, 2, 3, 4))
+    data = np.random.default_rng(0).standard_normal((21, 2, 3, 4)).astype(np.float16)
+    arr[:21] = data  # shard 1 holds written and never-written rows; shard 2 has no file
+    assert ShardRows.supports(arr)
+    plain = create_array(group, "plain", (40, 2), "float16", (8, 2), ("w", "d"))
+    assert not ShardRows.supports(plain)
+    reader = ShardRows(arr, "g/features", lambda rows: [f"item{r}" for r in rows])
+    for rows in (np.array([5, 0, 15, 5]), np.array([31, 16, 20, 25])):
+        np.testing.assert_array_equal(reader.read(rows), np.asarray(arr[:])[rows])
+    with pytest.raises(CacheError, match=r"g/features: shard 2 has no file.*item32"):
+        reader.read(np.array([33]))
+    path = tmp_path / "g.zarr" / "features" / "c" / "1" / "0" / "0" / "0"
+    path.write_bytes(path.read_bytes()[:-3])
+    fresh = ShardRows(arr, "g/features", lambda rows: [f"item{r}" for r in rows])
+    with pytest.raises(CacheError, match=r"g/features: shard 1 cannot be read \(shard index"):
+        fresh.read(np.array([16]))
