@@ -13,12 +13,12 @@ Batches never hold the same (dataset, clip) twice (a clip would be its own false
 epoch has at least as many batches as any clip has draws, and duplicates are swapped with rows of
 other batches.
 
-The last partial batch is neither dropped nor kept: the epoch's draws are split into
-ceil(draws / batch_size) batches of near-equal size (they differ by at most `multiple_of` rows and
-never exceed batch_size). Dropping would skip different clips every epoch (weight 1 would not mean
-"every clip once"), keeping a small tail batch would give a few steps with few negatives and a
-noisier loss. Under torchrun every batch is a multiple of the world size, so up to world-1 draws of
-an epoch are left out.
+The last partial batch is kept: dropping it would skip different clips every epoch (weight 1 would
+no longer mean "every clip once"), and its only cost is one step per epoch with fewer negatives. A
+tail of one row (no negative at all) shares the rows of the batch before it instead. Batches are not
+evened out over the epoch, because that would make their sizes depend on the number of ranks, and a
+torchrun run must see the same batches as one process with the same global batch. Under torchrun
+every batch is a multiple of the world size, so fewer than world-size draws of an epoch are left out.
 """
 
 from __future__ import annotations
@@ -63,14 +63,22 @@ def weighted_draws(items: np.ndarray, weight: float, rng: np.random.Generator) -
 
 
 def batch_sizes(n: int, batch_size: int, multiple_of: int, min_batches: int) -> list[int]:
-    """Near-equal batch sizes, each a multiple of `multiple_of` and at most batch_size, covering
+    """Full batches and the last partial one, each a multiple of `multiple_of`, covering
     n - n % multiple_of draws in at least `min_batches` batches."""
     units, per = n // multiple_of, max(1, batch_size // multiple_of)
-    count = max(math.ceil(units / per), min_batches)
-    if count == 0 or units // count * multiple_of < max(2, multiple_of):
-        raise CacheError(f"only {n} training draws for {count} batch(es): every batch needs at least 2 rows "
+    full = math.ceil(units / per)
+    if min_batches > full:  # a clip drawn c times needs c batches: near-equal ones
+        sizes = [units // min_batches + (b < units % min_batches) for b in range(min_batches)]
+    else:
+        sizes = [per] * (units // per) + ([units % per] if units % per else [])
+        if len(sizes) > 1 and sizes[-1] * multiple_of < 2:  # a lone row has no negative: share with the last batch
+            both = sizes[-2] + sizes[-1]
+            sizes[-2:] = [both - both // 2, both // 2]
+    sizes = [s * multiple_of for s in sizes]
+    if not sizes or min(sizes) < max(2, multiple_of):
+        raise CacheError(f"only {n} training draws for {len(sizes)} batch(es): every batch needs at least 2 rows "
                          f"(and {multiple_of} per rank); use more clips or a smaller --batch-size")
-    return [(units // count + (b < units % count)) * multiple_of for b in range(count)]
+    return sizes
 
 
 def _separate_duplicates(pool: list[tuple[int, int]], sizes: list[int]) -> list[list[tuple[int, int]]]:

@@ -69,12 +69,12 @@ def test_fractional_weight_draws_a_subset_without_replacement():
         weighted_draws(np.arange(10), -1.0, rng)
 
 
-def test_batches_are_balanced_not_a_small_tail():
-    assert batch_sizes(100, 32, 1, 1) == [25, 25, 25, 25]
-    assert batch_sizes(65, 32, 1, 1) == [22, 22, 21]
+def test_the_last_partial_batch_is_kept():
+    assert batch_sizes(100, 32, 1, 1) == [32, 32, 32, 4]
+    assert batch_sizes(65, 32, 1, 1) == [32, 17, 16]  # a lone row would have no negative
     assert batch_sizes(10, 1024, 1, 2) == [5, 5]  # a clip drawn twice needs two batches
-    sizes = batch_sizes(103, 32, 4, 1)  # under torchrun: multiples of the world size
-    assert all(s % 4 == 0 and s <= 32 for s in sizes) and sum(sizes) == 100
+    assert batch_sizes(103, 32, 4, 1) == [32, 32, 32, 4]  # torchrun: multiples of the world size
+    assert batch_sizes(60, 16, 2, 1) == batch_sizes(60, 16, 1, 1) == [16, 16, 16, 12]  # ranks see one batching
     with pytest.raises(DuetmcError, match="at least 2 rows"):
         batch_sizes(3, 1024, 1, 2)
 
