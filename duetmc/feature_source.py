@@ -9,6 +9,7 @@ like a missing one when the index allows missing items.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -126,6 +127,8 @@ class StreamingSource:
         self.text_len = [torch.from_numpy(ix.text_lengths.astype(np.int64)) for ix in indices]
         self.text_tokens = max(ix.text_shape[1] for ix in indices)
         self.device = device
+        if len(self.direct) == 2 * len(indices):  # CPU-bound reads (pread + decode): more threads than cores contend
+            threads = max(1, min(threads, os.cpu_count() or 1))
         self.pool = ThreadPoolExecutor(max_workers=threads)
         self.rows_read = 0
         self.bytes_read = 0
