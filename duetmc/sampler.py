@@ -5,9 +5,9 @@ agree on them, and the feature source (memory or streaming) never changes them: 
 choice and gets no say in the science.
 
 Per epoch, dataset d contributes round(weight_d * n_d) draws of its training clips as whole
-permutations: the integer part of the weight repeats full permutations, the fractional part adds a
-random subset drawn without replacement. So with weight >= 1 every clip is seen every epoch, and no
-clip is drawn more often than ceil(weight) times.
+permutations: every clip once per whole unit of weight, and for the fraction a random subset drawn
+without replacement; then the epoch's pool is shuffled. So with weight >= 1 every clip is seen every
+epoch, and no clip is drawn more often than ceil(weight) times (never with replacement).
 
 Batches never hold the same (dataset, clip) twice (a clip would be its own false negative): the
 epoch has at least as many batches as any clip has draws, and duplicates are swapped with rows of
@@ -51,13 +51,13 @@ class SamplerConfig:
 
 
 def weighted_draws(items: np.ndarray, weight: float, rng: np.random.Generator) -> np.ndarray:
-    """round(weight * n) draws: full permutations for the integer part, a subset without replacement
-    for the rest."""
+    """round(weight * n) draws: every item once per whole unit of weight, plus a subset without
+    replacement for the fraction (unordered: the epoch's pool is shuffled as a whole)."""
     if not weight >= 0:
         raise UsageError(f"--weight {weight}: a sampling weight must be a number >= 0")
     total = int(round(weight * len(items)))
     whole, rest = divmod(total, len(items)) if len(items) else (0, 0)
-    parts = [rng.permutation(items) for _ in range(whole)]
+    parts = [items] * whole
     parts.append(rng.choice(items, size=rest, replace=False) if rest else items[:0])
     return np.concatenate(parts)
 
