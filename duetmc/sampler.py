@@ -99,7 +99,8 @@ def _separate_duplicates(pool: list[tuple[int, int]], sizes: list[int]) -> list[
                 if q is not None:
                     y = batches[c][q]
                     batch[j], batches[c][q] = y, x
-                    members[c].discard(y)
+                    if y not in batches[c]:  # c may still hold another copy of y, repaired in its turn
+                        members[c].discard(y)
                     members[c].add(x)
                     members[b].add(y)
                     seen.add(y)
