@@ -65,8 +65,9 @@ def _load(index: PairIndex, modality: str, pool: ThreadPoolExecutor) -> torch.Te
             return lo, exc
 
     bad = [r for r in pool.map(read, range(0, arr.shape[0], rps)) if r is not None]
-    if bad:
-        shards = {lo // rps: np.flatnonzero(done[lo:lo + rps]) + lo for lo, _ in bad}
+    shards = {lo // rps: np.flatnonzero(done[lo:lo + rps]) + lo for lo, _ in bad}
+    shards = {s: rows for s, rows in shards.items() if len(rows)}  # rows never used need no data
+    if shards:
         index.exclude(modality, shards, f"cannot be read ({bad[0][1]})")
     return torch.from_numpy(out)
 
