@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from common import build_cache, disk_read_mb_s, emit, fmt, stats  # first: sets OMP_WAIT_POLICY before torch loads
 
-from cached_vs_online import Step
-from common import build_cache, disk_read_mb_s, emit, fmt, stats
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cached_vs_online import Step  # noqa: E402
 
 
 def shard_files(group_path: Path) -> list[Path]:
