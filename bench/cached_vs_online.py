@@ -83,7 +83,7 @@ class Step:
 
 
 def cached_epoch_fn(indices, source, batch_size: int, step: Step):
-    from duetmc.dataset import SamplerConfig, epoch_batches
+    from duetmc.sampler import SamplerConfig, epoch_batches
     from duetmc.train import Prefetcher, fetch
 
     sampler = SamplerConfig(p_cap=0.0, views=False, swap=False)
@@ -113,7 +113,8 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.clips, args.batch_size = 256, 64
-    from duetmc.dataset import MemorySource, PairIndex
+    from duetmc.feature_source import MemorySource
+    from duetmc.pairs import PairIndex
     from duetmc.heads.model import HeadsConfig
     from duetmc.train import TrainConfig, heads_config
 

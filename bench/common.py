@@ -247,7 +247,7 @@ def build_cache(path: str | Path, n_items: int, *, audio_encoder: str = "mert-v1
     from duetmc.augment.captions import TemplateCaptioner
     from duetmc.augment.pipeline import augment_items
     from duetmc.augment.viewsfile import write_views
-    from duetmc.dataset import DataSpec
+    from duetmc.pairs import DataSpec
     from duetmc.featurize.audio import AudioFeaturizeConfig, prepare_audio_cache
     from duetmc.featurize.text import TextFeaturizeConfig, prepare_text_cache
     from duetmc.manifest import write_manifest

@@ -27,7 +27,7 @@ def child(cache: str, mode: str, budget_gb: float, batch_size: int, out: str) ->
     """Train one epoch and print peak RSS (MB) and the mode used, as JSON."""
     import resource
 
-    from duetmc.dataset import resolve_spec
+    from duetmc.pairs import resolve_spec
     from duetmc.train import TrainConfig, train
 
     cfg = TrainConfig(data=[resolve_spec(cache)], out=out, epochs=1, batch_size=batch_size, mode=mode,

@@ -174,7 +174,7 @@ def prepare(cfg: RecipeConfig, work: Path, say) -> tuple[list[Path], dict]:
 def ablate(cfg: RecipeConfig, work: Path, caches: list[Path], say) -> dict:
     """duetmc.ablate's Table 4 rows and untrained heads over the seeds; finished runs are reused."""
     from duetmc.ablate import AblateConfig, run_ablation
-    from duetmc.dataset import resolve_spec
+    from duetmc.pairs import resolve_spec
     from duetmc.evaluate import EvalConfig
     from duetmc.train import TrainConfig
 
@@ -198,7 +198,8 @@ def _slug(name: str) -> str:
 def _scores_for_dataset(work: Path, cache: Path, dataset: str, configs: list[str], seeds: int, eval_cfg,
                         probes_offered: list) -> tuple[dict, dict]:
     """Per-query scores (and probes, where the evaluator offers them) of every run on one test cache."""
-    from duetmc.dataset import DataSpec, MemorySource, PairIndex, resolve_spec
+    from duetmc.feature_source import MemorySource
+    from duetmc.pairs import DataSpec, PairIndex, resolve_spec
     from duetmc.evaluate import evaluate_index
     from duetmc.run import load_run
     from recipe_stats import load_scores, query_scores, save_scores

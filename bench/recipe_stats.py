@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from duetmc import metrics, stats
-from duetmc.dataset import PairIndex
+from duetmc.pairs import PairIndex
 from duetmc.evaluate import EvalConfig, embed_items, embed_texts, queries
 
 KS = (1, 5, 10)
@@ -23,7 +23,7 @@ PAPER_STEP = "1-5"  # Table 4: each idea adds roughly 1-5 R@10 points per datase
 
 def query_scores(model, index: PairIndex, cfg: EvalConfig, source=None, d: int = 0) -> dict:
     """{"query_rows": [Q], "R@k": [Q] hit rates over subsets} for the split's queries in English."""
-    from duetmc.dataset import MemorySource
+    from duetmc.feature_source import MemorySource
 
     own = source is None
     if own:

@@ -16,7 +16,7 @@ import numpy as np
 
 from duetmc import metrics
 from duetmc.evaluate import PROBE_COLUMNS, EvalConfig, evaluate_index, probe_columns
-from duetmc.dataset import DataSpec, PairIndex
+from duetmc.pairs import DataSpec, PairIndex
 from duetmc import run as rundir
 from duetmc.config import TrainConfig
 from duetmc.run import load_run

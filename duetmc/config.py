@@ -15,7 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from duetmc.dataset import DataSpec
+from duetmc.feature_source import DEFAULT_MEMORY_BUDGET_GB
+from duetmc.pairs import DataSpec
 from duetmc.errors import UsageError
 
 SECTIONS = ("model", "text", "optim", "data", "run")
@@ -62,7 +63,9 @@ class TrainConfig:
     # data loading: performance only, never the batches
     mode: str = opt("auto", "data", "Feature source [auto: memory when it fits --memory-budget-gb].",
                     choices=("auto", "memory", "streaming"))
-    memory_budget_gb: float = opt(8.0, "data", "Largest selected feature size loaded in memory.", resume="safe")
+    memory_budget_gb: float = opt(DEFAULT_MEMORY_BUDGET_GB, "data", "Largest selected feature size loaded in memory.", resume="safe")
+    allow_missing: bool = opt(False, "data", "Skip (and report) items whose feature shards are missing or "
+                                             "unreadable, instead of refusing the cache.", bool_flag=True)
     stream_threads: int = opt(8, "data", "Reader threads in streaming mode.", resume="safe")
     prefetch: int = opt(4, "data", "Batches read ahead of the step.", resume="safe")
     # how the run executes

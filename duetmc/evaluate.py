@@ -19,7 +19,8 @@ import torch
 
 from duetmc import cache_spec, metrics
 from duetmc.augment.viewsfile import GENERATED_SOURCES, HUMAN_SOURCES
-from duetmc.dataset import DataSpec, MemorySource, PairIndex, StreamingSource, trim_padding
+from duetmc.feature_source import DEFAULT_MEMORY_BUDGET_GB, open_source, trim_padding
+from duetmc.pairs import DataSpec, PairIndex
 from duetmc.heads.model import DuetHeads
 from duetmc.loss import contrastive_loss
 from duetmc.errors import UsageError
@@ -204,6 +205,10 @@ class EvalConfig:
     queries: str = "human"  # human | all | generated (see QUERY_CHOICES)
     probes: bool = True
 
+    mode: str = "auto"  # feature source: auto | memory | streaming (duetmc.feature_source.choose_mode)
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB
+    allow_missing: bool = False  # skip items whose feature shards are missing or unreadable (warned)
+
     def __post_init__(self):
         if self.queries not in QUERY_CHOICES:
             raise UsageError(f"queries must be one of {list(QUERY_CHOICES)}, got {self.queries!r}")
@@ -260,8 +265,7 @@ def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=N
     own = source is None
     if own:
         d = 0
-        source = MemorySource([index], cfg.device) if index.audio["features"].nbytes < 4 * 2**30 \
-            else StreamingSource([index], cfg.device)
+        source, _ = open_source([index], cfg.mode, cfg.memory_budget_gb, cfg.device)
     items = _ordered_items(index, cfg.split)
     what = f"{index.spec.cache} [{cfg.split}]"
     qs = queries(index, items, cfg.queries, what)
@@ -305,7 +309,7 @@ def evaluate_run(run: str | Path, caches: list[str], cfg: EvalConfig, which: str
     for cache in caches or [spec.cache]:
         text = spec.text if text_set is None else cache_spec.find_text_set(
             cache_spec.open_root(cache), spec.text, text_set, cache)
-        index = PairIndex(DataSpec(cache, spec.audio, text))
+        index = PairIndex(DataSpec(cache, spec.audio, text), cfg.allow_missing)
         check_weights(run, cache, {"audio": dict(index.audio.attrs), "text": dict(index.text.attrs)})
         results.append(evaluate_index(model, index, cfg))
     return results

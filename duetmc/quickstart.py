@@ -153,7 +153,7 @@ def _verdicts(table: list[dict]) -> list[str]:
 
 def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> dict:
     from duetmc.ablate import AblateConfig, run_ablation
-    from duetmc.dataset import resolve_spec
+    from duetmc.pairs import resolve_spec
     from duetmc.evaluate import EvalConfig
     from duetmc.search import search
     from duetmc.synth import synth_corpus

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from duetmc.cache_spec import read_strings
-from duetmc.dataset import DataSpec, MemorySource, PairIndex
+from duetmc.feature_source import open_source
+from duetmc.pairs import DataSpec, PairIndex
 from duetmc.evaluate import embed_items
 from duetmc.run import check_weights, load_run
 from duetmc.errors import UsageError
@@ -32,7 +33,7 @@ def _items(index: PairIndex, split: str) -> np.ndarray:
 
 
 def audio_embeddings(model, index: PairIndex, items: np.ndarray) -> np.ndarray:
-    source = MemorySource([index])
+    source, _ = open_source([index], modalities=("audio",))
     try:
         return embed_items(model, source, 0, index, items)
     finally:

@@ -26,8 +26,9 @@ import torch
 from duetmc import run as rundir
 from duetmc.cache_spec import CacheError
 from duetmc.config import TrainConfig, resume_changes
-from duetmc.dataset import (BatchSpec, MemorySource, PairIndex, SamplerConfig, StreamingSource,
-                            check_compatible, epoch_batches, trim_padding)
+from duetmc.feature_source import open_source, trim_padding
+from duetmc.pairs import PairIndex, check_compatible
+from duetmc.sampler import BatchSpec, SamplerConfig, epoch_batches
 from duetmc.evaluate import validate, warn_no_validation
 from duetmc.heads.model import DuetHeads, positional_sizes
 from duetmc.loss import contrastive_loss, textswap_negatives
@@ -77,12 +78,8 @@ def group_weights(index: PairIndex) -> dict:
 
 
 def make_source(indices: list[PairIndex], cfg: TrainConfig):
-    """In memory when the selected arrays fit the budget, else streamed from Zarr."""
-    nbytes = sum(ix.audio["features"].nbytes + ix.text["features"].nbytes for ix in indices)
-    mode = cfg.mode if cfg.mode != "auto" else ("memory" if nbytes <= cfg.memory_budget_gb * 2**30 else "streaming")
-    if mode == "memory":
-        return MemorySource(indices, cfg.device), mode
-    return StreamingSource(indices, cfg.device, cfg.stream_threads), mode
+    """In memory when the selected arrays fit the budget, else streamed (duetmc.feature_source)."""
+    return open_source(indices, cfg.mode, cfg.memory_budget_gb, cfg.device, cfg.stream_threads)
 
 
 class StopFlag:
@@ -159,7 +156,7 @@ def _dist():
 
 def load_data(cfg: TrainConfig):
     """(pair indices, feature source, mode) for a config; reusable across runs on the same caches."""
-    indices = [PairIndex(s) for s in cfg.data]
+    indices = [PairIndex(s, cfg.allow_missing) for s in cfg.data]
     check_compatible(indices)
     return (indices, *make_source(indices, cfg))
 
@@ -236,7 +233,7 @@ class Trainer:
         self.net = PairForward(self.model)
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.net)
-        self.sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap, shard_shuffle=self.mode == "streaming")
+        self.sampler = SamplerConfig(cfg.p_cap, cfg.views, cfg.swap)
         if self.rank == 0:
             self.reporter = make_reporter(cfg.report_to, self.out)
 

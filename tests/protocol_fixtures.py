@@ -55,7 +55,7 @@ def build_cache(root, long_captions: bool = False) -> str:
 
 
 def train_run(cache: str, out, **overrides) -> str:
-    from duetmc.dataset import resolve_spec
+    from duetmc.pairs import resolve_spec
     from duetmc.train import TrainConfig, train
 
     cfg = TrainConfig(data=[resolve_spec(cache)], out=str(out), epochs=1, batch_size=8, warmup_epochs=0,

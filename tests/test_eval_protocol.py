@@ -22,7 +22,7 @@ def caches(tmp_path_factory):
 
 
 def _index(cache):
-    from duetmc.dataset import PairIndex, resolve_spec
+    from duetmc.pairs import PairIndex, resolve_spec
 
     return PairIndex(resolve_spec(cache))
 
@@ -174,7 +174,7 @@ def test_chance_levels_and_small_split_warnings():
 def test_training_without_a_val_split_warns(caches, tmp_path):
     import dataclasses
 
-    from duetmc.dataset import PairIndex, resolve_spec
+    from duetmc.pairs import PairIndex, resolve_spec
     from duetmc.evaluate import warn_no_validation
 
     index = PairIndex(resolve_spec(caches[0]))

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from duetmc import run as rundir
 from duetmc.cache_spec import CacheError
 from duetmc.cli import main
-from duetmc.dataset import resolve_spec
+from duetmc.pairs import resolve_spec
 from duetmc.errors import UsageError
 from duetmc.evaluate import EvalConfig, evaluate_run
 from duetmc.train import TrainConfig, Trainer, train

@@ -168,7 +168,7 @@ def test_overlays_stack_and_refuse_bad_bases(lab, bens, tmp_path):
 
 
 def test_train_and_eval_from_an_overlay_choose_the_text_set_by_name(lab, bens, tmp_path):
-    from duetmc.dataset import PairIndex, resolve_spec
+    from duetmc.pairs import PairIndex, resolve_spec
     from duetmc.evaluate import EvalConfig, evaluate_run
     with pytest.raises(CacheError, match="2 text feature groups"):
         resolve_spec(str(bens))
@@ -222,7 +222,7 @@ def _features_by_id(cache, text_key=None) -> dict[str, np.ndarray]:
 
 def test_copy_of_the_test_split_and_two_layers_trains_and_keeps_provenance(lab, bens, tmp_path):
     from duetmc.cache_ops import copy_cache
-    from duetmc.dataset import PairIndex, resolve_spec
+    from duetmc.pairs import PairIndex, resolve_spec
 
     out = copy_cache(str(bens), str(tmp_path / "test.zarr"), split="test", layers=[1, 2])
     assert [g["to"] for g in out["groups"]] == ["audio/tiny-audio.w2.h2.t2.l1-2", "text/tiny-text.l-1",
@@ -348,7 +348,7 @@ def served(lab):
 
 
 def test_a_cache_over_http_reads_for_info_validate_train_and_eval(lab, served, tmp_path):
-    from duetmc.dataset import resolve_spec
+    from duetmc.pairs import resolve_spec
     from duetmc.evaluate import EvalConfig, evaluate_run
     from duetmc.train import TrainConfig, train
 
@@ -420,7 +420,7 @@ def _ids_file(tmp_path, ids):
 
 READER = """
 import sys, time, numpy as np
-from duetmc.dataset import PairIndex, resolve_spec
+from duetmc.pairs import PairIndex, resolve_spec
 from duetmc import cache_spec
 cache, stop = sys.argv[1], sys.argv[2]
 import os

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from duetmc import train as train_mod
-from duetmc.dataset import PairIndex, SamplerConfig, epoch_batches, resolve_spec
+from duetmc.pairs import PairIndex, resolve_spec
+from duetmc.sampler import SamplerConfig, epoch_batches
 from duetmc.evaluate import EvalConfig, evaluate_index
 from duetmc.errors import UsageError
 from duetmc.run import load_run

@@ -17,7 +17,7 @@ from duetmc.config import absolute_cache
 
 def _specs(caches, weights, audio_key, text_key):
     from duetmc.config import absolute_cache
-    from duetmc.dataset import resolve_spec
+    from duetmc.pairs import resolve_spec
     from duetmc.errors import UsageError
 
     if len(weights) > len(caches):
@@ -212,16 +212,19 @@ def _print_results(results):
 @queries_option
 @click.option("--text-set", default=None, help="Query with this text set of the cache [default: the run's].")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--allow-missing", is_flag=True,
+              help="Skip (and report) clips whose feature shards are missing or unreadable instead of refusing.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False),
               help="Also write the results as JSON to this file (nothing is written into the run).")
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(run, caches, split, subset_size, subsets, seed, checkpoint, baselines, queries, text_set, device,
-             out_file, as_json):
+             allow_missing, out_file, as_json):
     """Text→music retrieval (R@1/5/10, median and mean rank), music→text, tag retrieval and the probes."""
     from duetmc.errors import path_error
     from duetmc.evaluate import evaluate_embeddings, evaluate_run
 
     cfg = _eval_config(split, subset_size, subsets, seed, device, queries)
+    cfg.allow_missing = allow_missing
     results = evaluate_run(run, list(caches), cfg, checkpoint, text_set)
     results += [evaluate_embeddings(b, cfg) for b in baselines]
     if as_json:
