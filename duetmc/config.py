@@ -62,7 +62,7 @@ class TrainConfig:
                           bool_flag=True)
     # data loading: performance only, never the batches
     mode: str = opt("auto", "data", "Feature source [auto: memory when it fits --memory-budget-gb].",
-                    choices=("auto", "memory", "streaming"))
+                    choices=("auto", "memory", "streaming"), resume="safe")  # never changes the batches
     memory_budget_gb: float = opt(DEFAULT_MEMORY_BUDGET_GB, "data", "Largest selected feature size loaded in memory.", resume="safe")
     allow_missing: bool = opt(False, "data", "Skip (and report) items whose feature shards are missing or "
                                              "unreadable, instead of refusing the cache.", bool_flag=True)

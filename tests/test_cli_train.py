@@ -113,7 +113,6 @@ def test_streaming_and_memory_sources_give_identical_batches(signal_cache):
     stream.close()
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by the sampler change: streaming shuffles by shard today")
 def test_training_in_streaming_mode_equals_memory_mode(signal_cache, tmp_path):
     """The feature source is a performance choice: same seed and config, same losses in both modes."""
     common = dict(data=[resolve_spec(signal_cache)], epochs=2, batch_size=16, progress=False, plots=False,
