@@ -275,8 +275,8 @@ class DuetModel:
 
     def embed_audio(self, inputs, sample_rate: int | None = None, errors: str = "raise",
                     batch_size: int = 16) -> np.ndarray:
-        """Audio files (paths) or waveforms (arrays [samples] or [samples, channels] at `sample_rate`)
-        -> [N, dim] unit vectors.
+        """Audio files (paths, or manifest Items for a segment) or waveforms (arrays [samples] or
+        [samples, channels] at `sample_rate`) -> [N, dim] unit vectors.
 
         errors="raise": any input that cannot be embedded raises AudioInputError after all inputs were
         tried (its `.result` holds the others' embeddings). errors="skip": returns only the good
@@ -301,8 +301,10 @@ class DuetModel:
                            chunk: int = 32) -> AudioEmbeddings:
         """Like `embed_audio`, never raising for a bad input: the embeddings, their input indices and
         every failure with its reason."""
-        inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-        if any(not isinstance(x, (str, Path)) for x in inputs) and sample_rate is None:
+        from duetmc.manifest import Item
+
+        inputs = [inputs] if isinstance(inputs, (str, Path, Item)) else list(inputs)
+        if any(not isinstance(x, (str, Path, Item)) for x in inputs) and sample_rate is None:
             raise UsageError("waveform inputs need sample_rate=… (the rate the arrays were sampled at)")
         encoder = self.audio_encoder()
         embs, kept, failures = [], [], []
@@ -330,10 +332,11 @@ class DuetModel:
         sr, a = self.audio.sample_rate, self.audio
         windows, owners, failures = [], [], []
         for j, x in enumerate(inputs):
-            i, name = offset + j, str(x) if isinstance(x, (str, Path)) else f"array {offset + j}"
+            i = offset + j
+            name = str(x.audio) if isinstance(x, Item) else str(x) if isinstance(x, (str, Path)) else f"array {i}"
             try:
-                if isinstance(x, (str, Path)):
-                    wav = load_audio(Item(str(i), Path(x)), sr)
+                if isinstance(x, (str, Path, Item)):  # an Item also gives a segment (start, end)
+                    wav = load_audio(x if isinstance(x, Item) else Item(str(i), Path(x)), sr)
                 else:
                     arr = np.asarray(x, dtype=np.float32)
                     wav = to_encoder_input(arr[:, None] if arr.ndim == 1 else arr, int(sample_rate), sr)
