@@ -77,6 +77,13 @@ class Index:
         index._device = device
         return index
 
+    @classmethod
+    def from_embeddings(cls, model, embeddings: np.ndarray, entries: list[dict]) -> "Index":
+        """An in-memory index (nothing written): the one-off `duetmc search` uses it."""
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.describe(),
+                "n": len(entries), "dim": int(embeddings.shape[1]), "ann": None}
+        return cls(Path("<memory>"), np.asarray(embeddings, dtype=np.float32), entries, meta, model)
+
     @property
     def model(self):
         """The index's DuetModel (loaded from `model/` on first use, once)."""
