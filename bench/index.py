@@ -8,7 +8,7 @@ Vectors are synthetic: `--clusters` random unit centres, each point a centre plu
 norm ~`--noise`, renormalised (clustered like embeddings of a catalog with many similar clips; real
 embeddings may cluster more tightly, which helps IVF). Queries are held-out points of the same mix.
 
-    .venv/bin/python bench/index.py [--n 1000000] [--compare-n 100000] [--clips 10000] [--quick]
+    .venv/bin/python bench/index.py [--n 1000000] [--compare-n 50000] [--clips 10000] [--quick]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def index_part(args, work: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--compare-n", type=int, default=100_000)
+    ap.add_argument("--compare-n", type=int, default=50_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--clusters", type=int, default=4096)
     ap.add_argument("--noise", type=float, default=0.8)
