@@ -75,6 +75,21 @@ def test_ann_index_agrees_with_exact_search(built, tmp_path):
         assert [h["id"] for h in reloaded.search_text(q, 5)] == [h["id"] for h in reloaded.search_text(q, 5, exact=True)]
 
 
+def test_ann_recall_on_a_clustered_catalog(built, tmp_path):
+    from duetmc.index import write_index
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 256))
+    emb = centres[rng.integers(0, 50, 4000)] + 0.05 * rng.standard_normal((4000, 256))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    entries = [{"id": f"c{i}", "audio": None, "start": 0.0, "end": 1.0, "tags": {}, "split": ""} for i in range(4000)]
+    index = write_index(tmp_path / "big.idx", built["model"], emb, entries, ann=True)
+    assert index.meta["ann"]["nlist"] > 1
+    found = [{h["id"] for h in index.search_embedding(v, 10)} for v in emb[:50]]
+    truth = [{h["id"] for h in index.search_embedding(v, 10, exact=True)} for v in emb[:50]]
+    assert np.mean([len(f & t) / 10 for f, t in zip(found, truth)]) >= 0.9
+
+
 def test_bad_queries_and_another_models_index(built, tmp_path):
     index = Index.load(built["path"])
     with pytest.raises(UsageError, match="empty"):
@@ -138,3 +153,8 @@ def test_index_cli_errors_are_one_line(built, tmp_path):
         assert result.output.startswith("error: ") and msg in result.output and result.output.count("\n") == 1
     result = CliRunner().invoke(main, ["index", "search", str(out), "jazz", "-k", "50"])
     assert result.exit_code == 0 and "note: -k 50 is more than the 12 clips" in result.output
+
+
+def test_new_commands_have_help():
+    for args in (("index", "build"), ("index", "search"), ("search",), ("export",), ("embed",)):
+        assert "Usage:" in cli(*args, "--help")
