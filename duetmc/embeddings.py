@@ -52,7 +52,8 @@ def run_embeddings(run: str | Path, cache: str | None = None, split: str = "test
         audio = embed_items(model, source, 0, index, items)
         texts, sources = read_strings(index.text["texts"]), _query_sources(index)
         q, q_item, q_lang, q_src, q_text = [], [], [], [], []
-        for lang, (rows, targets) in queries(index, items).items():
+        for lang, found in queries(index, items).items():
+            rows, targets = found[0], found[1]
             q.append(embed_texts(model, source, 0, rows))
             ids = [str(index.ids[items[t]]) for t in targets]
             q_item += ids

@@ -1,6 +1,6 @@
 """A small trained run for the model API, index and export tests (tiny encoders; built once per session).
 
-`tiny_run` featurizes 12 short tone clips (half of them longer than one window, so clips have several
+`tiny_run` featurizes 12 short tone clips with tags and human captions (English, German) (half of them longer than one window, so clips have several
 windows) with tiny-audio and tiny-text, and trains heads for 0 epochs (seeded initial weights: enough
 for equality and format tests, which is all these tests need). Import it with
 `from model_fixtures import tiny_run`.
@@ -21,7 +21,15 @@ def build_run(root: Path, audio_encoder: str = "tiny-audio", text_encoder: str =
     from duetmc.train import TrainConfig, train
     from train_fixtures import write_signal_corpus
 
+    import dataclasses
+
+    from duetmc.manifest import write_manifest
+
     items = write_signal_corpus(root, n_items, seconds=seconds)
+    # human captions in two languages: the evaluation's queries
+    items = [dataclasses.replace(it, captions=[f"a {it.tags['mood'][0]} {it.tags['genre'][0]} track"],
+                                 captions_i18n={"de": [f"ein {it.tags['genre'][0]} Stück"]}) for it in items]
+    write_manifest(items, root / "manifest.jsonl")
     cache = str(root / "cache.zarr")
     s = featurize_audio(AudioFeaturizeConfig(str(root / "manifest.jsonl"), cache, audio_encoder, window_s=window_s,
                                              hop_s=window_s * 0.75, tokens=2, progress=False))

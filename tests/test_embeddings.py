@@ -23,7 +23,8 @@ def test_embed_then_eval_baseline_gives_the_runs_numbers(tiny_run, tmp_path):
     summary = json.loads(result.output)
     data = np.load(out, allow_pickle=False)
     assert summary["clips"] == 12 and data["audio"].shape == (12, 256) and data["query"].shape[0] == summary["queries"]
-    assert set(data["query_lang"].tolist()) == {"tags"} and set(data["query_source"].tolist()) == {"tags"}
+    assert set(data["query_lang"].tolist()) == {"en", "de"} and set(data["query_source"].tolist()) == {"human"}
+    assert "a happy rock track" in data["query_text"].tolist()
     assert set(data["query_item"].tolist()) <= set(data["audio_ids"].tolist())
     cfg = EvalConfig(split="all", subset_size=5, n_subsets=3)
     ours = evaluate_run(tiny_run["run"], [], cfg)[0]["text_to_music"]
