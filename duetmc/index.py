@@ -16,6 +16,7 @@ index built with `ann=True` answers from faiss unless `exact=True` is asked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -178,7 +179,8 @@ class Index:
         if self.meta.get("ann") and not exact:
             scores, idx = self._ann_index().search(np.ascontiguousarray(q, dtype=np.float32), k)
         else:
-            sims = q @ self.embeddings.T
+            with _blas_threads(1 if len(q) <= 8 else None):
+                sims = q @ self.embeddings.T
             idx = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
                 np.tile(np.arange(sims.shape[1]), (len(q), 1))
             scores = np.take_along_axis(sims, idx, 1)
@@ -197,6 +199,23 @@ class Index:
             self._ann = faiss.read_index(str(self.path / ANN_FILE))
             self._ann.nprobe = int(self.meta["ann"]["nprobe"])
         return self._ann
+
+
+_BLAS = None
+
+
+def _blas_threads(n: int | None):
+    """One BLAS thread for a few queries: a single product is sub-millisecond either way, but on a busy
+    machine OpenBLAS's second thread stalls it for tens of ms (BENCHMARKS.md, "Search index").
+    The limit is process-wide while it lasts; concurrent searches only ever lower it to 1."""
+    global _BLAS
+    if n is None:
+        return contextlib.nullcontext()
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=n, user_api="blas")
 
 
 # --- building ----------------------------------------------------------------------------------

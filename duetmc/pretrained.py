@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
+
+# As the CLI does (duetmc/cli/__init__.py): on a busy machine OpenMP's spin-waiting made a warm text
+# query ~60x slower (1.1 s vs 18 ms, BENCHMARKS.md "Search index"). Only effective before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from duetmc.errors import DuetmcError, PathError, UsageError
 from duetmc.heads.model import DuetHeads, HeadsConfig
