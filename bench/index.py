@@ -153,17 +153,27 @@ def main():
     ap.add_argument("--noise", type=float, default=0.8)
     ap.add_argument("--clips", type=int, default=10_000)
     ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--part", choices=["all", "index", "scale"], default="all")
     ap.add_argument("--quick", action="store_true", help="100k / 20k vectors, 1 cold run")
     args = ap.parse_args()
     if args.quick:
         args.n, args.compare_n, args.cold_runs = 100_000, 20_000, 1
-    with tempfile.TemporaryDirectory() as tmp:
-        result = {"index": index_part(args, Path(tmp)), "scale": scale_part(args)}
-    s, i = result["scale"], result["index"]
-    lines = [f"index at {i['clips']:,} clips (text encoder {i['text_encoder']}): cold start "
-             f"{i['cold_start_s']['median']:.2f} s, warm text query {i['warm_text_query_ms']['median']:.1f} ms "
-             f"(embedding only: {i['embedding_query_ms']['median']:.2f} ms)",
-             f"{s['n']:,} vectors: exact {s['exact_query_ms']:.1f} ms/query; faiss IVF build {s['faiss']['build_s']:.1f} s"]
+    result, lines = {}, []
+    if args.part in ("all", "index"):
+        with tempfile.TemporaryDirectory() as tmp:
+            i = result["index"] = index_part(args, Path(tmp))
+        lines.append(f"index at {i['clips']:,} clips (text encoder {i['text_encoder']}): cold start "
+                     f"{i['cold_start_s']['median']:.2f} s, warm text query {i['warm_text_query_ms']['median']:.1f} ms "
+                     f"(embedding only: {i['embedding_query_ms']['median']:.2f} ms)")
+    if args.part in ("all", "scale"):
+        result["scale"] = scale_part(args)
+        emit("index", result, "\n".join(lines + scale_lines(result["scale"])))
+    else:
+        emit("index", result, "\n".join(lines))
+
+
+def scale_lines(s: dict) -> list[str]:
+    lines = [f"{s['n']:,} vectors: exact {s['exact_query_ms']:.1f} ms/query; faiss IVF build {s['faiss']['build_s']:.1f} s"]
     for nprobe, r in s["faiss"]["by_nprobe"].items():
         lines.append(f"  nprobe {nprobe}: recall@10 {r['recall@10']:.3f}, {r['query_ms']['median']:.2f} ms/query")
     c = s["compare"]
@@ -172,7 +182,7 @@ def main():
         rr = r.get("recall@10") or next(iter(r["by_nprobe"].values()))["recall@10"]
         ms = (r.get("query_ms") or next(iter(r["by_nprobe"].values()))["query_ms"])["median"]
         lines.append(f"{c['n']:,} vectors, {lib}: build {r['build_s']:.1f} s, recall@10 {rr:.3f}, {ms:.2f} ms/query")
-    emit("index", result, "\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":
