@@ -25,7 +25,8 @@ from duetmc import cache_spec
 from duetmc.cache_access import ensure_writable
 from duetmc.cache_integrity import record_checksums
 from duetmc.cache_spec import AudioSettings, CacheError
-from duetmc.featurize.decode import AudioError, WindowReader, load_audio, resampled_length  # noqa: F401 (API)
+from duetmc.featurize.decode import (AudioError, WindowReader, load_audio, resampled_length,  # noqa: F401 (API)
+                                    to_encoder_input)
 from duetmc.featurize.hf import EncoderLoadError, duetmc_home, strict_from_pretrained
 from duetmc.featurize.locks import ShardClaims, plan_lock
 from duetmc.featurize.plan import (REMOVED, PlannedItem, diff_plan, fingerprint, plan_items, report,  # noqa: F401
@@ -401,8 +402,7 @@ def _window_job(group, items, plans, encoder: AudioEncoder, config, dtype) -> tu
         ok = [k for k, w in enumerate(wavs) if w is not None]
         feats = np.zeros((len(rows), len(layers), tokens, encoder.dim), dtype=np.float32)
         if ok:
-            x = torch.from_numpy(np.stack([wavs[k] for k in ok])).to(config.device, dtype)
-            feats[ok] = time_pool(encoder(x)[:, layers].float(), tokens).cpu().numpy()
+            feats[ok] = window_features(encoder, [wavs[k] for k in ok], layers, tokens, config.device, dtype)
         if not np.isfinite(feats.astype(np.float16)).all():  # as stored: float16 overflow is Inf too
             bad = [rows[k] for k in ok if not np.isfinite(feats[k].astype(np.float16)).all()]
             failed.update({r: "encoder produced NaN/Inf" for r in bad})
@@ -415,12 +415,23 @@ def _window_job(group, items, plans, encoder: AudioEncoder, config, dtype) -> tu
     return job, readers
 
 
+COMPUTE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                  "fp16": torch.float16, "float16": torch.float16}
+
+
+def window_features(encoder: AudioEncoder, wavs: list[np.ndarray], layers: list[int], tokens: int,
+                    device: str = "cpu", dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Equal-length windows -> the cached features [W, layers, tokens, D] in float32 (before float16
+    storage); DuetModel.embed_audio runs exactly this."""
+    x = torch.from_numpy(np.stack(wavs)).to(device, dtype)
+    return time_pool(encoder(x)[:, layers].float(), tokens).cpu().numpy()
+
+
 def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
     """Featurize this process's shards (all of them without --task). Resumable; never stops on bad audio."""
     group, manifest_items, encoder, plan_report = prepare_audio_cache(config)
     cache_spec.check_base_group(group, config.cache)
-    dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}[config.dtype]
+    dtype = COMPUTE_DTYPES[config.dtype]
     encoder.to(config.device, dtype)
     items, plans = _stored_items(group, manifest_items)
     job, readers = _window_job(group, items, plans, encoder, config, dtype)

@@ -224,6 +224,21 @@ class WindowReader:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def to_encoder_input(data: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """In-memory samples [S, channels] -> float32 mono at the encoder's rate, with the checks `scan`
+    makes on files (DuetModel.embed_audio on arrays)."""
+    import torchaudio.functional as AF
+
+    mono = np.asarray(data, dtype=np.float32).mean(axis=1)
+    if not np.isfinite(mono).all():
+        raise AudioError("contains NaN or Inf samples")
+    if len(mono) == 0 or float(np.abs(mono).max()) < 1e-5:
+        raise AudioError("silent (every sample is below -100 dBFS)")
+    if sr != target_sr:
+        mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, target_sr).numpy()
+    return mono
+
+
 def load_audio(item: Item, target_sr: int) -> np.ndarray:
     """The whole item as float32 mono at `target_sr` (a convenience for short clips and benchmarks)."""
     s = scan(item)
