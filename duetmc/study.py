@@ -233,3 +233,46 @@ def answers(db: sqlite3.Connection) -> list[dict]:
                       "JOIN participants p ON p.id = ans.participant JOIN trials t ON t.id = ans.trial "
                       "ORDER BY ans.participant, ans.trial").fetchall()
     return [dict(r) for r in rows]
+
+
+def read_prompts(path: str | Path, split: str | None) -> list[Prompt]:
+    """Prompts from a JSONL file: {"text" (or "caption"), "id" (the true clip, optional), "dataset"
+    (default: the file's name), "split" (optional; rows of another split than `split` are left out)}."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PathError(f"{path}: {exc.strerror or exc}; give a JSONL file of captions") from exc
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise StudyError(f"{path}:{n}: not JSON ({exc.msg}); each line is one object") from None
+        text = row.get("text", row.get("caption")) if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise StudyError(f"{path}:{n}: needs a non-empty \"text\" (or \"caption\") string")
+        if split and row.get("split") not in (None, split):
+            continue
+        clip = row.get("id")
+        prompts.append(Prompt(text.strip(), str(row.get("dataset") or path.stem), None if clip is None else str(clip)))
+    if not prompts:
+        raise StudyError(f"{path}: no prompts{f' in split {split!r}' if split else ''}; check the file and --split")
+    return prompts
+
+
+def prompts_from_cache(cache: str, split: str) -> list[Prompt]:
+    """Each clip of `split` in a cache with its first English caption (human captions come first)."""
+    from duetmc.cache_spec import read_strings
+    from duetmc.dataset import PairIndex, resolve_spec
+
+    index = PairIndex(resolve_spec(cache))
+    texts = read_strings(index.text["texts"])
+    dataset = Path(cache.rstrip("/")).name
+    prompts = [Prompt(str(texts[index.captions[k][0]]), dataset, str(index.ids[k]))
+               for k in index.items(split) if index.captions[k]]
+    if not prompts:
+        raise StudyError(f"{cache}: no clip of split {split!r} has an English caption; choose another --split")
+    return prompts
