@@ -276,3 +276,50 @@ def prompts_from_cache(cache: str, split: str) -> list[Prompt]:
     if not prompts:
         raise StudyError(f"{cache}: no clip of split {split!r} has an English caption; choose another --split")
     return prompts
+
+
+def _clip(system: str, hit: dict) -> Clip:
+    return Clip(system, str(hit["id"]), str(hit["audio"]), hit.get("start"), hit.get("end"))
+
+
+def top1_in_split(index, system: str, texts: list[str], split: str | None, batch: int = 64) -> list[Clip | None]:
+    """Each text's best clip among the index's clips of `split` (None or "all": every clip)."""
+    out: list[Clip | None] = []
+    for lo in range(0, len(texts), batch):
+        for hits in index.search_texts(texts[lo:lo + batch], k=len(index)):
+            best = next((h for h in hits if split in (None, "all") or h.get("split") == split), None)
+            out.append(None if best is None else _clip(system, best))
+    return out
+
+
+def _truth_clip(indexes: dict, clip_id: str | None) -> Clip | None:
+    for index in indexes.values():
+        try:
+            return _clip(TRUTH, index.entry(clip_id)) if clip_id is not None else None
+        except DuetmcError:
+            continue
+    return None
+
+
+def create_study(out: str | Path, indexes: dict, prompts: list[Prompt], ground_truth: bool, split: str | None,
+                 n_trials: int, seed: int = 0, per_participant: int = DEFAULT_PER_PARTICIPANT) -> dict:
+    """Ask every system (name -> loaded duetmc.index.Index) for its top-1 clip per prompt, plan the
+    trials and write the study file. Returns a summary (trials per pair, prompts without a truth clip)."""
+    if TRUTH in indexes:
+        raise StudyError(f"a system may not be called {TRUTH!r}: that name is the ground truth's")
+    if len(indexes) < (1 if ground_truth else 2):
+        raise StudyError("a study compares at least two systems (--index NAME=INDEX twice), or one with --ground-truth")
+    texts = [p.text for p in prompts]
+    top1 = {name: top1_in_split(index, name, texts, split) for name, index in indexes.items()}
+    truth = [_truth_clip(indexes, p.clip_id) for p in prompts] if ground_truth else None
+    trials = plan_trials(prompts, top1, truth, n_trials, seed)
+    meta = {"systems": sorted(indexes), "ground_truth": ground_truth, "split": split, "seed": seed,
+            "per_participant": per_participant, "created": time.time(), "prompts": len(prompts)}
+    write_study(out, trials, meta)
+    pairs: dict[str, int] = {}
+    for t in trials:
+        key = " vs ".join(sorted([t.a.system, t.b.system], key=lambda s: (s == TRUTH, s)))
+        pairs[key] = pairs.get(key, 0) + 1
+    missing = sum(c is None for c in truth) if truth is not None else 0
+    return {"study": str(out), "trials": len(trials), "pairs": pairs, "prompts": len(prompts),
+            "prompts_without_truth": missing}

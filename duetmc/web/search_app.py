@@ -15,17 +15,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from duetmc.errors import DuetmcError
 from duetmc.web.http import (EXCEPTION_HANDLERS, ApiError, audio_response, int_param, resource,
                              static_response)
 from duetmc.web.segments import DEFAULT_CACHE_BYTES, Segment, SegmentCache
 
-MAX_K = 100
+MAX_K = 1000
 MAX_QUERY = 1000
 STATIC = frozenset({"search.js", "style.css"})
 
 
 class Catalog:
-    """What the app needs from an index: text search, search by clip, and each clip's segment."""
+    """What the app needs from an index (duetmc.index.Index): text search, search by clip, segments."""
 
     def __init__(self, index):
         self.index = index
@@ -34,24 +35,30 @@ class Catalog:
         return len(self.index)
 
     def describe(self) -> dict:
-        return self.index.describe()
+        return {"path": str(self.index.path), "clips": len(self.index), "model_id": self.index.model_id}
 
     def search(self, query: str, k: int) -> list[dict]:
-        return self.index.search(query, k=k)
+        return self.index.search_text(query, k=k)
 
     def similar(self, clip_id: str, k: int) -> list[dict]:
-        return self.index.similar(clip_id, k=k)
-
-    def segment(self, clip_id: str) -> Segment:
-        clip = self.index.clip(clip_id)
-        return Segment(str(clip["audio"]), clip.get("start"), clip.get("end"))
+        return self.index.search_like(clip_id, k=k)
 
     def known(self, clip_id: str) -> bool:
-        return self.index.has(clip_id)
+        try:
+            self.index.entry(clip_id)
+        except DuetmcError:
+            return False
+        return True
+
+    def segment(self, clip_id: str) -> Segment:
+        """The recorded file and segment of a clip the index holds (never a path from a request)."""
+        e = self.index.entry(clip_id)
+        return Segment(str(e["audio"]), e.get("start"), e.get("end"))
 
 
-def _k(request: Request, catalog: Catalog) -> int:
-    return int_param(request, "k", min(10, len(catalog)), 1, min(MAX_K, len(catalog)))
+def _k(request: Request) -> int:
+    """1..MAX_K; like `duetmc index search`, a k above the catalog's size returns the whole catalog."""
+    return int_param(request, "k", 10, 1, MAX_K)
 
 
 def _clip_id(request: Request, catalog: Catalog) -> str:
@@ -82,12 +89,12 @@ def make_app(catalog: Catalog, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Starle
             raise ApiError(400, "empty query: give some words to search for, e.g. ?q=calm+piano")
         if len(query) > MAX_QUERY:
             raise ApiError(400, f"query is {len(query)} characters long; keep it under {MAX_QUERY}")
-        k = _k(request, catalog)
+        k = _k(request)
         results = await asyncio.to_thread(catalog.search, query, k)
         return JSONResponse({"query": query, "k": k, "results": results})
 
     async def similar(request: Request) -> JSONResponse:
-        clip_id, k = _clip_id(request, catalog), _k(request, catalog)
+        clip_id, k = _clip_id(request, catalog), _k(request)
         results = await asyncio.to_thread(catalog.similar, clip_id, k)
         return JSONResponse({"like": clip_id, "k": k, "results": results})
 
