@@ -186,8 +186,6 @@ def probe(item: Item, target_sr: int) -> int:
 
 def load_audio(item: Item, target_sr: int) -> np.ndarray:
     """Decode, downmix and resample one item to float32 mono; AudioError says what is wrong."""
-    import torchaudio.functional as AF
-
     if not item.audio.exists():
         raise AudioError(f"file not found: {item.audio}")
     try:
@@ -205,7 +203,14 @@ def load_audio(item: Item, target_sr: int) -> np.ndarray:
         raise AudioError(f"cannot decode ({type(exc).__name__}: {exc})") from None
     if len(data) < (s1 - s0) - sr // 100:
         raise AudioError(f"truncated: the header promises {s1 - s0} samples, only {len(data)} could be read")
-    mono = data.mean(axis=1)
+    return to_encoder_input(data, sr, target_sr)
+
+
+def to_encoder_input(data: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """Decoded samples [S, channels] -> float32 mono at the encoder's rate (also for in-memory waveforms)."""
+    import torchaudio.functional as AF
+
+    mono = np.asarray(data, dtype=np.float32).mean(axis=1)
     if not np.isfinite(mono).all():
         raise AudioError("contains NaN or Inf samples")
     if len(mono) == 0 or float(np.abs(mono).max()) < 1e-5:
@@ -213,6 +218,14 @@ def load_audio(item: Item, target_sr: int) -> np.ndarray:
     if sr != target_sr:
         mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, target_sr).numpy()
     return mono
+
+
+def window_features(encoder: AudioEncoder, wavs: list[np.ndarray], layers: list[int], tokens: int,
+                    device: str = "cpu", dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Equal-length windows -> the cached features [W, layers, tokens, D] in float32 (before float16 storage)."""
+    x = torch.from_numpy(np.stack(wavs)).to(device, dtype)
+    hidden = encoder(x)[:, layers]
+    return time_pool(hidden.float(), tokens).cpu().numpy()
 
 
 def time_pool(hidden: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -224,6 +237,9 @@ def time_pool(hidden: torch.Tensor, tokens: int) -> torch.Tensor:
 
 
 # --- the cache group -------------------------------------------------------------------------
+
+COMPUTE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                  "fp16": torch.float16, "float16": torch.float16}
 
 
 @dataclass
@@ -358,8 +374,7 @@ def _check_existing(group, items: list[Item], encoder: AudioEncoder, config: Aud
 def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
     """Featurize this process's shards (all of them without --shard). Resumable; never stops on bad audio."""
     group, items, encoder, lengths = prepare_audio_cache(config)
-    dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}[config.dtype]
+    dtype = COMPUTE_DTYPES[config.dtype]
     encoder.to(config.device, dtype)
     attrs = dict(group.attrs)
     layers, tokens, sr = attrs["layers"], attrs["settings"]["tokens"], attrs["sample_rate"]
@@ -400,9 +415,7 @@ def featurize_audio(config: AudioFeaturizeConfig) -> RunSummary:
         ok = [k for k, w in enumerate(wavs) if w is not None]
         feats = np.zeros((len(rows), len(layers), tokens, encoder.dim), dtype=np.float32)
         if ok:
-            x = torch.from_numpy(np.stack([wavs[k] for k in ok])).to(config.device, dtype)
-            hidden = encoder(x)[:, layers]
-            feats[ok] = time_pool(hidden.float(), tokens).cpu().numpy()
+            feats[ok] = window_features(encoder, [wavs[k] for k in ok], layers, tokens, config.device, dtype)
         if not np.isfinite(feats).all():
             bad = [rows[k] for k in ok if not np.isfinite(feats[k]).all()]
             failed.update({r: "encoder produced NaN/Inf" for r in bad})
