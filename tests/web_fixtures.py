@@ -126,3 +126,30 @@ def screenshot(page, name: str, tmp_path: Path) -> Path:
     path = folder / name
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def build_indexes(root: Path, n_items: int = 40) -> dict[str, Path]:
+    """Two indexes over one small signal cache (tiny-audio + MiniLM): a trained run's ("duetmc") and
+    an untrained one's ("untrained"), so that a study has two systems that disagree."""
+    from train_fixtures import build_signal_cache
+
+    from duetmc.catalog import build_index
+    from duetmc.dataset import resolve_spec
+    from duetmc.pretrained import DuetModel
+    from duetmc.train import TrainConfig, train
+
+    cache = build_signal_cache(root, n_items=n_items, views=2)
+    out = {}
+    for name, epochs in (("duetmc", 4), ("untrained", 0)):
+        run = root / f"run-{name}"
+        train(TrainConfig(data=[resolve_spec(cache)], out=str(run), epochs=epochs, batch_size=16, warmup_epochs=1,
+                          patience=100, progress=False, plots=False, keep_epoch_checkpoints=False))
+        model = DuetModel.from_run(run, progress=False)
+        build_index(model, root / f"{name}.idx", cache=cache)
+        out[name] = root / f"{name}.idx"
+    return out
+
+
+@pytest.fixture(scope="session")
+def web_indexes(tmp_path_factory):
+    return build_indexes(tmp_path_factory.mktemp("webindex"))
