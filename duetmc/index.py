@@ -77,6 +77,13 @@ class Index:
         index._device = device
         return index
 
+    @classmethod
+    def from_embeddings(cls, model, embeddings: np.ndarray, entries: list[dict]) -> "Index":
+        """An in-memory index (nothing written): the one-off `duetmc search` uses it."""
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.describe(),
+                "n": len(entries), "dim": int(embeddings.shape[1]), "ann": None}
+        return cls(Path("<memory>"), np.asarray(embeddings, dtype=np.float32), entries, meta, model)
+
     @property
     def model(self):
         """The index's DuetModel (loaded from `model/` on first use, once)."""
@@ -196,13 +203,14 @@ class Index:
 
 
 def ann_params(n: int) -> dict:
-    """IVF-Flat sizes: ~4·sqrt(N) lists, probing enough of them for recall@10 ≈ 0.95+ (BENCHMARKS.md)."""
-    nlist = int(max(1, min(65536, round(4 * np.sqrt(n)), n // 39)))  # k-means wants >= 39 points a list
+    """IVF-Flat sizes: ~sqrt(N) lists (cheap to train), probing 1/16 of them (at least 8): recall@10 and
+    latency at 1M vectors are in BENCHMARKS.md ("Search index")."""
+    nlist = int(max(1, min(65536, round(np.sqrt(n)), n // 39)))  # k-means wants >= 39 points a list
     return {"library": "faiss", "kind": "IVFFlat", "metric": "inner_product", "nlist": nlist,
-            "nprobe": int(max(1, min(nlist, round(nlist / 32))))}
+            "nprobe": int(min(nlist, max(8, nlist // 16)))}
 
 
-def build_ann(embeddings: np.ndarray, params: dict, train_size: int = 256 * 256):
+def build_ann(embeddings: np.ndarray, params: dict, train_size: int = 64 * 1024):
     """A faiss IVF-Flat inner-product index over unit vectors (trained on a seeded sample)."""
     import faiss
 

@@ -158,6 +158,15 @@ class DuetModel:
                 "audio_encoder": self.audio.encoder, "text_encoder": self.text.encoder}
 
     @classmethod
+    def load(cls, run_or_export: str | Path, device: str = "cpu", progress: bool = True) -> "DuetModel":
+        """A run directory, an exported folder or a Hub id: whichever `run_or_export` is."""
+        path = Path(run_or_export)
+        conf = path / CONFIG_FILE
+        if conf.is_file() and json.loads(conf.read_text()).get("format") != FORMAT:
+            return cls.from_run(path, device=device, progress=progress)
+        return cls.from_pretrained(run_or_export, device=device, progress=progress)
+
+    @classmethod
     def from_run(cls, run: str | Path, device: str = "cpu", checkpoint: str = "best",
                  cache: str | None = None, progress: bool = True) -> "DuetModel":
         """The run's heads; featurizer settings and encoders from its training cache (or `cache`)."""

@@ -51,7 +51,7 @@ def test_train_eval_search_embed_cli(signal_cache, tmp_path):
     invoke("embed", run, "--out", out, "--split", "test")
     data = np.load(out)
     assert data["audio"].shape == (20, 256) and np.allclose(np.linalg.norm(data["audio"], axis=1), 1, atol=1e-5)
-    assert list(data["ids"][:2]) == ["clip080", "clip081"]
+    assert list(data["audio_ids"][:2]) == ["clip080", "clip081"]
 
 
 def test_eval_refuses_a_cache_built_with_other_settings(signal_cache, tmp_path):

@@ -1,4 +1,4 @@
-"""`duetmc train | eval | ablate | search | embed`: the daily loop, from the cache."""
+"""`duetmc train | eval | ablate`: the daily loop, from the cache (search and embed: cli/index.py, cli/model.py)."""
 
 from __future__ import annotations
 
@@ -187,37 +187,4 @@ def ablate_cmd(caches, weights, audio_key, text_key, config_file, eval_caches, o
                    f"bar chart {Path(out) / 'bars.png'}")
 
 
-@click.command("search")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.argument("query")
-@click.option("--cache", default=None, help="Cache whose clips are searched [default: the training cache].")
-@click.option("-k", "top_k", default=10, show_default=True)
-@click.option("--split", default="all", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
-@click.option("--json", "as_json", is_flag=True)
-def search_cmd(run, query, cache, top_k, split, as_json):
-    """Rank the cache's clips for a free-text query (loads the run's text encoder)."""
-    from duetmc.search import search
-
-    hits = search(run, query, cache, top_k, split)
-    if as_json:
-        emit_json(hits)
-        return
-    for rank, h in enumerate(hits, 1):
-        tags = "; ".join(f"{k}: {', '.join(v)}" for k, v in h["tags"].items() if v)
-        click.echo(f"{rank:3d}. {h['score']:.3f}  {h['id']}  [{tags}]")
-
-
-@click.command("embed")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--cache", default=None, help="[default: the training cache]")
-@click.option("--out", required=True, help="Output .npz with `ids` and `audio` (256-d, L2-normalised).")
-@click.option("--split", default="all", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
-def embed_cmd(run, cache, out, split):
-    """Export the clips' 256-d audio embeddings with their ids."""
-    from duetmc.search import export_embeddings
-
-    n = export_embeddings(run, cache, out, split)
-    click.echo(f"wrote {n} embeddings to {out}")
-
-
-COMMANDS = [train_cmd, eval_cmd, ablate_cmd, search_cmd, embed_cmd]
+COMMANDS = [train_cmd, eval_cmd, ablate_cmd]
