@@ -60,12 +60,17 @@ def test_search_page_results_play_and_more_like_this(server, browser, web_indexe
     assert shared.eval_on_selector_all("li.result", "els => els.length") == 3
 
 
-def test_api_search_matches_the_index(server, web_indexes):  # noqa: F811
-    index = Index.load(web_indexes["duetmc"])
+def test_api_search_is_index_search_json(server, web_indexes):  # noqa: F811
+    from click.testing import CliRunner
+
+    from duetmc.cli import main
+
+    cli = CliRunner().invoke(main, ["index", "search", str(web_indexes["duetmc"]), "sad metal", "-k", "7", "--json"])
+    assert cli.exit_code == 0, cli.output
     status, body = get_json(server.url + "/api/search?q=sad+metal&k=7")
-    assert status == 200 and body["results"] == json.loads(json.dumps(index.search_text("sad metal", k=7)))
+    assert status == 200 and body["results"] == json.loads(cli.stdout) and len(body["results"]) == 7
     status, body = get_json(server.url + "/api/search?q=sad+metal&k=1000")  # above the catalog: all of it
-    assert status == 200 and len(body["results"]) == len(index)
+    assert status == 200 and len(body["results"]) == len(Index.load(web_indexes["duetmc"]))
 
 
 def test_audio_ranges_and_caching_headers(server, web_indexes):  # noqa: F811
