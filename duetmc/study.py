@@ -50,6 +50,14 @@ class StudyError(DuetmcError, ValueError):
     """A study file, plan or answer that cannot be used (the message says which and why)."""
 
 
+class NotFoundError(StudyError):
+    """An unknown participant token, or a trial that is not one of this participant's."""
+
+
+class AnsweredError(StudyError):
+    """A different answer to a trial that already has one (the first answer stands)."""
+
+
 @dataclass(frozen=True)
 class Clip:
     """One system's clip: its id and where its audio is (file and segment in seconds)."""
@@ -167,7 +175,7 @@ def add_participant(db: sqlite3.Connection, label: str, per_participant: int = D
 def participant(db: sqlite3.Connection, token: str) -> sqlite3.Row:
     row = db.execute("SELECT * FROM participants WHERE token = ?", (str(token),)).fetchone()
     if row is None:
-        raise StudyError("unknown participant link; start again from the study's first page")
+        raise NotFoundError("unknown participant link; start again from the study's first page")
     return row
 
 
@@ -192,14 +200,14 @@ def record_answer(db: sqlite3.Connection, token: str, trial: int, choice: str) -
     assigned = db.execute("SELECT 1 FROM assignments WHERE participant = ? AND trial = ?",
                           (p["id"], trial)).fetchone()
     if assigned is None:
-        raise StudyError(f"trial {trial} is not one of this participant's trials")
+        raise NotFoundError(f"trial {trial} is not one of this participant's trials")
     with db:
         db.execute("BEGIN IMMEDIATE")
         db.execute("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", (p["id"], trial, choice, time.time()))
         stored = db.execute("SELECT choice FROM answers WHERE participant = ? AND trial = ?",
                             (p["id"], trial)).fetchone()["choice"]
     if stored != choice:
-        raise StudyError(f"trial {trial} was already answered {stored!r}; the first answer stands")
+        raise AnsweredError(f"trial {trial} was already answered {stored!r}; the first answer stands")
     return {"trial": trial, "answer": stored}
 
 
@@ -213,7 +221,7 @@ def trial_clip(db: sqlite3.Connection, token: str, trial: int, side: str) -> tup
                      "JOIN assignments a ON a.trial = t.id WHERE a.participant = ? AND t.id = ?",
                      (p["id"], trial)).fetchone()
     if row is None:
-        raise StudyError(f"trial {trial} is not one of this participant's trials")
+        raise NotFoundError(f"trial {trial} is not one of this participant's trials")
     return row["audio"], row["start"], row["end"]
 
 

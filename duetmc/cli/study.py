@@ -82,6 +82,10 @@ def serve_cmd(study_file, host, port, admin_token):
     from duetmc.web.http import serve_app
     from duetmc.web.study_app import make_app
 
+    from duetmc.errors import UsageError
+
+    if admin_token is not None and len(admin_token) < 12:
+        raise UsageError("--admin-token is shorter than 12 characters; choose a longer one or omit it for a random one")
     db = study.connect(study_file)
     token = admin_token or secrets.token_urlsafe(18)
     shown = f"[{host}]" if ":" in host else host

@@ -60,26 +60,16 @@ def _trial(value) -> int:
 
 
 def _answer_error(exc: study.StudyError) -> ApiError:
-    msg = str(exc)
-    status = 404 if "unknown participant" in msg or "not one of this" in msg else (409 if "already" in msg else 400)
-    return ApiError(status, msg)
+    status = 404 if isinstance(exc, study.NotFoundError) else 409 if isinstance(exc, study.AnsweredError) else 400
+    return ApiError(status, str(exc))
 
 
-def make_app(db: sqlite3.Connection, admin_token: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Starlette:
-    segments = SegmentCache(cache_bytes)
-    meta = study.read_meta(db)
-
+def _participant_routes(db: sqlite3.Connection, meta: dict, segments: SegmentCache) -> list[Route]:
     def guarded(fn, *args):
         try:
             return fn(db, *args)
         except study.StudyError as exc:
             raise _answer_error(exc) from None
-
-    async def start_page(request: Request) -> Response:
-        return _html("study.html")
-
-    async def static(request: Request) -> Response:
-        return static_response(request.path_params["name"], STATIC)
 
     async def info(request: Request) -> JSONResponse:
         return JSONResponse({"title": meta.get("title", "Listening study"),
@@ -114,21 +104,33 @@ def make_app(db: sqlite3.Connection, admin_token: str, cache_bytes: int = DEFAUL
         data, tag = await asyncio.to_thread(segments.get, Segment(path, start, end))
         return audio_response(request, data, tag)
 
-    def require_admin(request: Request) -> None:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not given or not secrets.compare_digest(given.encode(), admin_token.encode()):
-            raise ApiError(403, "the admin view needs the admin token printed when the server started")
+    return [Route("/api/info", info), Route("/api/participants", join, methods=["POST"]), Route("/api/me", mine),
+            Route("/api/answer", answer, methods=["POST"]), Route("/api/audio", audio)]
 
+
+def _admin_routes(db: sqlite3.Connection, admin_token: str) -> list[Route]:
     async def admin_page(request: Request) -> Response:
         return _html("admin.html")
 
     async def admin_progress(request: Request) -> JSONResponse:
-        require_admin(request)
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not given or not secrets.compare_digest(given.encode(), admin_token.encode()):
+            raise ApiError(403, "the admin view needs the admin token printed when the server started")
         return JSONResponse(study.admin_progress(db))
 
+    return [Route("/admin", admin_page), Route("/api/admin/progress", admin_progress)]
+
+
+def make_app(db: sqlite3.Connection, admin_token: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Starlette:
+    if not admin_token:
+        raise ValueError("make_app needs a non-empty admin token")
+
+    async def start_page(request: Request) -> Response:
+        return _html("study.html")
+
+    async def static(request: Request) -> Response:
+        return static_response(request.path_params["name"], STATIC)
+
     routes = [Route("/", start_page), Route("/s/{token}", start_page), Route("/static/{name}", static),
-              Route("/api/info", info), Route("/api/participants", join, methods=["POST"]),
-              Route("/api/me", mine), Route("/api/answer", answer, methods=["POST"]),
-              Route("/api/audio", audio), Route("/admin", admin_page),
-              Route("/api/admin/progress", admin_progress)]
+              *_participant_routes(db, study.read_meta(db), SegmentCache(cache_bytes)), *_admin_routes(db, admin_token)]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
