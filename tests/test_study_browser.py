@@ -9,27 +9,30 @@ import sys
 
 import pytest
 import soundfile as sf
-from audio_fixtures import tone, write_audio
-from web_fixtures import Server, browser, get, get_json, post_json, raw_get, screenshot  # noqa: F401
+from web_fixtures import Server, browser, get, get_json, post_json, raw_get, screenshot, web_indexes  # noqa: F401
 
 from duetmc import study
-from duetmc.study import Clip, Prompt
 from duetmc.study_report import report
 
 ADMIN = "admin-secret-token"
 
 
 @pytest.fixture(scope="module")
-def study_server(tmp_path_factory):
+def study_server(web_indexes, tmp_path_factory):  # noqa: F811
+    """`duetmc study create` over two real indexes, then a real `duetmc study serve`."""
+    from click.testing import CliRunner
+
+    from duetmc.cli import main
+    from duetmc.index import Index
+
     root = tmp_path_factory.mktemp("study")
-    files = [write_audio(root / f"c{i}.wav", tone(2.0, 16000, freq=200.0 + 40 * i), 16000) for i in range(8)]
-    prompts = [Prompt(f"a tone number {i}", "tones" if i % 2 else "hums", f"c{i}") for i in range(4)]
-    top1 = {"duetmc": [Clip("duetmc", f"c{i}", str(files[i]), 0.5, 1.5) for i in range(4)],
-            "clap": [Clip("clap", f"c{i + 4}", str(files[i + 4])) for i in range(4)]}
-    truth = [Clip(study.TRUTH, f"c{(i + 1) % 4}", str(files[(i + 1) % 4])) for i in range(4)]
-    trials = study.plan_trials(prompts, top1, truth, 100, seed=1)
-    path = study.write_study(root / "study.sqlite", trials,
-                             {"systems": ["clap", "duetmc"], "seed": 1, "per_participant": 6})
+    path = root / "study.sqlite"
+    cache = Index.load(web_indexes["duetmc"]).meta["source"]["cache"]
+    res = CliRunner().invoke(main, ["study", "create", "--index", f"duetmc={web_indexes['duetmc']}", "--index",
+                                    f"untrained={web_indexes['untrained']}", "--ground-truth", "--from-cache", cache,
+                                    "--split", "test", "--trials", "12", "--per-participant", "6", "--seed", "1",
+                                    "--out", str(path)])
+    assert res.exit_code == 0, res.output
     server = Server(["study", "serve", str(path), "--admin-token", ADMIN], "/api/info", root / "server.log")
     yield server, path
     server.stop()
@@ -73,7 +76,9 @@ def test_participant_completes_six_trials_with_a_reload(study_server, browser, t
     # the served clip is the recorded segment and decodes
     status, headers, body = get(f"{server.url}/api/audio?t={token}&trial={first['trial']}&side=A")
     assert status == 200 and headers["content-type"] == "audio/wav"
-    assert sf.read(io.BytesIO(body))[0].shape[0] in (16000, 32000)
+    audio, start, end = study.trial_clip(study.connect(path), token, first["trial"], "A")
+    data, sr = sf.read(io.BytesIO(body))
+    assert data.shape[0] == round((end - start) * sr) and sr == sf.info(audio).samplerate
 
     admin = browser.new_page(viewport={"width": 1000, "height": 500})
     admin.goto(f"{server.url}/admin?token={ADMIN}")
@@ -85,9 +90,17 @@ def test_participant_completes_six_trials_with_a_reload(study_server, browser, t
     assert "admin token" in admin.inner_text("#error") and admin.inner_text("#rows") == ""
 
     result = report(path)
-    mine = [r for r in result["pairs"] if r["dataset"] == "all"]
-    assert result["judgements"] == 6 and sum(r["judgements"] for r in mine) == 6
-    assert sum(r["tie"] for r in mine) == given.count("tie")
+    expected = {}  # (first system, second system) -> [win, tie, loss] from the answers given and the recorded sides
+    db = study.connect(path)
+    for t, choice in zip(me["trials"], given):
+        row = db.execute("SELECT system_a, system_b FROM trials WHERE id = ?", (t["trial"],)).fetchone()
+        a, b = row["system_a"], row["system_b"]
+        first, second = sorted([a, b], key=lambda s: (s == study.TRUTH, s))
+        counts = expected.setdefault((first, second), [0, 0, 0])
+        counts[1 if choice == "tie" else 0 if (a if choice == "A" else b) == first else 2] += 1
+    db.close()
+    got = {(r["system"], r["versus"]): [r["win"], r["tie"], r["loss"]] for r in result["pairs"] if r["dataset"] == "all"}
+    assert result["judgements"] == 6 and got == expected
     out = subprocess.run([sys.executable, "-m", "duetmc", "study", "report", str(path), "--json",
                           "--csv", str(tmp_path / "a.csv"), "--plot", str(tmp_path / "p.png")],
                          capture_output=True, text=True, check=True)
