@@ -14,6 +14,7 @@ from web_fixtures import Server, browser, get, get_json, post_json, raw_get, scr
 from duetmc import study
 from duetmc.study_report import report
 
+pytestmark = pytest.mark.slow  # needs the two small indexes (a featurized cache, two runs)
 ADMIN = "admin-secret-token"
 
 
@@ -45,7 +46,6 @@ def _play_both_and_choose(page, choice: str) -> None:
     page.click(f".choices button[data-choice='{choice}']")
 
 
-@pytest.mark.slow
 def test_participant_completes_six_trials_with_a_reload(study_server, browser, tmp_path):  # noqa: F811
     server, path = study_server
     page = browser.new_page(viewport={"width": 1000, "height": 760})

@@ -11,6 +11,8 @@ from web_fixtures import web_indexes  # noqa: F401
 
 from duetmc.index import Index
 
+pytestmark = pytest.mark.slow  # needs the two small indexes (a featurized cache, two runs)
+
 
 def _cli(*args):
     """The CLI in this process (the indexes' model stays loaded between calls)."""
@@ -24,7 +26,6 @@ def _cli(*args):
     return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
 
 
-@pytest.mark.slow
 def test_create_from_cache_with_ground_truth(web_indexes, tmp_path):  # noqa: F811
     indexes = {name: Index.load(p) for name, p in web_indexes.items()}
     cache = indexes["duetmc"].meta["source"]["cache"]
@@ -57,7 +58,6 @@ def test_create_from_cache_with_ground_truth(web_indexes, tmp_path):  # noqa: F8
     assert r.returncode == 2 and "already exists" in r.stderr
 
 
-@pytest.mark.slow
 def test_create_from_prompts_file_and_bad_options(web_indexes, tmp_path):  # noqa: F811
     a, b = web_indexes["duetmc"], web_indexes["untrained"]
     prompts = tmp_path / "captions.jsonl"

@@ -14,6 +14,8 @@ from web_fixtures import Server, browser, get, get_json, raw_get, request, scree
 
 from duetmc.index import Index
 
+pytestmark = pytest.mark.slow  # every test here needs the two small indexes (a featurized cache, two runs)
+
 
 @pytest.fixture(scope="module")
 def server(web_indexes, tmp_path_factory):  # noqa: F811
@@ -22,7 +24,6 @@ def server(web_indexes, tmp_path_factory):  # noqa: F811
     s.stop()
 
 
-@pytest.mark.slow
 def test_search_page_results_play_and_more_like_this(server, browser, web_indexes, tmp_path):  # noqa: F811
     index = Index.load(web_indexes["duetmc"])
     page = browser.new_page(viewport={"width": 1000, "height": 900})
@@ -110,17 +111,3 @@ def test_api_bad_input_is_json_and_the_server_stays_up(server):
     status, _, body = request(url + "/api/search?q=x", b"{}", method="POST")
     assert status == 405 and json.loads(body)["status"] == 405
     assert server.proc.poll() is None and get_json(url + "/api/health")[0] == 200
-
-
-def test_public_host_prints_a_warning(monkeypatch, capsys):
-    import uvicorn
-
-    from duetmc.web.http import serve_app
-
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    serve_app(object(), "0.0.0.0", 8123, ["hello"])
-    out = capsys.readouterr()
-    assert "warning: listening on 0.0.0.0" in out.err and "hello" in out.out and calls[0]["port"] == 8123
-    serve_app(object(), "127.0.0.1", 8123, [])
-    assert "warning" not in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from audio_fixtures import tone, write_audio
 
-from duetmc.web.http import ApiError, check_host, parse_range
+from duetmc.web.http import ApiError, check_host, parse_range, serve_app
 from duetmc.web.segments import Segment, SegmentCache, SegmentError, encode_segment, etag
 
 
@@ -82,3 +82,15 @@ def test_unsatisfiable_range_is_416(header):
 def test_host_warning():
     assert check_host("127.0.0.1") is None and check_host("localhost") is None and check_host("::1") is None
     assert "anyone who can reach" in check_host("0.0.0.0")
+
+
+def test_public_host_prints_a_warning(monkeypatch, capsys):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    serve_app(object(), "0.0.0.0", 8123, ["hello"])
+    out = capsys.readouterr()
+    assert "warning: listening on 0.0.0.0" in out.err and "hello" in out.out and calls[0]["port"] == 8123
+    serve_app(object(), "127.0.0.1", 8123, [])
+    assert "warning" not in capsys.readouterr().err
