@@ -127,3 +127,20 @@ def test_report_csv_and_plot(db_path, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "a.csv")))
     assert [r["choice"] for r in rows].count("tie") == 2
     assert plot(result, tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_cli_refuses_bad_files_and_options_in_one_line(db_path, tmp_path):
+    from click.testing import CliRunner
+
+    from duetmc.cli import main
+
+    cases = [(["study", "serve", str(tmp_path / "missing.sqlite")], "no such study file"),
+             (["study", "serve", str(db_path), "--admin-token", "short"], "shorter than 12"),
+             (["study", "report", str(tmp_path / "missing.sqlite")], "no such study file"),
+             (["serve", str(tmp_path)], "not a duetmc index"),
+             (["serve", str(tmp_path), "--port", "70000"], "70000")]
+    for args, message in cases:
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and message in res.stderr, (args, res.output)
+    res = CliRunner().invoke(main, ["study", "report", str(db_path), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["judgements"] == 0

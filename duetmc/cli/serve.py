@@ -11,7 +11,7 @@ import click
 @click.argument("index", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but localhost is reachable from other machines (a warning).")
-@click.option("--port", type=int, default=8000, show_default=True, help="TCP port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @click.option("--audio-cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
               help="Memory for encoded audio segments (least recently played go first).")
 def serve_cmd(index, host, port, audio_cache_mb):

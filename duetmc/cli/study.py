@@ -74,7 +74,7 @@ def create_cmd(indexes, ground_truth, prompts, cache, split, n_trials, per_parti
 @click.argument("study_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every "
               "interface, so participants on other machines can reach it; a warning is printed).")
-@click.option("--port", type=int, default=8000, show_default=True, help="TCP port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @click.option("--admin-token", default=None, help="Token for the admin view [default: a new random one, printed].")
 def serve_cmd(study_file, host, port, admin_token):
     """Serve the participant page and the admin view for STUDY_FILE; answers are saved as they are given."""
