@@ -62,11 +62,18 @@ def test_participant_completes_six_trials_with_a_reload(study_server, browser, t
         page.wait_for_function(f"document.getElementById('count').textContent.startsWith('Trial {i + 1} ')")
         if i == 0:
             screenshot(page, "study-trial.png", tmp_path)
-        if i == 3:  # a closed tab or refresh resumes at the first unanswered trial
+        if i == 3:  # a refresh resumes at the first unanswered trial
             page.reload()
             page.wait_for_function("document.getElementById('count').textContent.startsWith('Trial 4 ')")
+        if i == 4:  # so does a closed tab: the study's first page offers this browser's unfinished link
+            page.goto(server.url + "/")
+            page.click("#resumeLink")
+            page.wait_for_function("document.getElementById('count').textContent.startsWith('Trial 5 ')")
         _play_both_and_choose(page, choice)
     page.wait_for_selector("#done:not([hidden])")
+    page.goto(server.url + "/")  # finished: the next person on this computer starts afresh
+    page.wait_for_selector("#welcome:not([hidden])")
+    assert page.is_hidden("#resume")
     # a resent answer (double click, retry) is accepted once and never counted twice
     me = get_json(f"{server.url}/api/me?t={token}")[1]
     first = me["trials"][0]

@@ -8,6 +8,7 @@ const token = location.pathname.startsWith("/s/") ? decodeURIComponent(location.
 let state = null;
 let current = null;
 const played = { A: false, B: false };
+const SAVED = "duetmc-study-link";  // this browser's unfinished study link, offered again on the first page
 
 function fail(message) { $("error").textContent = message; }
 
@@ -31,7 +32,7 @@ function nextTrial() {
   const answered = state.trials.length - left.length;
   $("bar").max = state.trials.length;
   $("bar").value = answered;
-  if (!left.length) { show("done"); return; }
+  if (!left.length) { localStorage.removeItem(SAVED); show("done"); return; }
   current = left[0];
   $("count").textContent = "Trial " + (answered + 1) + " of " + state.trials.length;
   $("prompt").textContent = "“" + current.prompt + "”";
@@ -70,14 +71,21 @@ $("join").addEventListener("submit", async (event) => {
   try {
     const me = await api("/api/participants", { method: "POST", headers: { "Content-Type": "application/json" },
                                                 body: JSON.stringify({ participant: $("label").value, consent: true }) });
-    location.assign("/s/" + encodeURIComponent(me.token));
+    const link = "/s/" + encodeURIComponent(me.token);
+    localStorage.setItem(SAVED, link);
+    location.assign(link);
   } catch (err) { fail(String(err.message || err)); }
 });
 
 async function main() {
   const info = await api("/api/info");
   $("title").textContent = info.title;
-  if (!token) { show("welcome"); return; }
+  if (!token) {
+    const saved = localStorage.getItem(SAVED);
+    if (saved) { $("resumeLink").href = saved; $("resume").hidden = false; }
+    show("welcome");
+    return;
+  }
   state = await api("/api/me?t=" + encodeURIComponent(token));
   $("who").textContent = "Participant " + state.participant;
   $("link").textContent = location.href;
