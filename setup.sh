@@ -3,6 +3,7 @@
 #   fluidsynth + soundfonts   render the synthetic corpus (duetmc synth / quickstart)
 #   slurm + munge             a real local SLURM cluster for the tests (not needed on a real cluster)
 #   libsndfile1               audio decoding for soundfile
+#   chromium                  the web app's tests drive it headless through Playwright (no browser download)
 set -euo pipefail
 cd "$(dirname "$0")"
 SUDO=""
@@ -11,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     fluidsynth fluid-soundfont-gm timgm6mb-soundfont \
-    slurmctld slurmd slurm-client munge libsndfile1 >/dev/null
+    slurmctld slurmd slurm-client munge libsndfile1 chromium >/dev/null
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
