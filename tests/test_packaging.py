@@ -32,7 +32,7 @@ def test_wheel_holds_package_data_and_runs_slurm_dry_run(tmp_path):
     wheel = next(dist.glob("duetmc-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("duetmc/resources/tags.json", "duetmc/resources/slurm/train.sbatch",
-                 "duetmc/resources/slurm/featurize_audio.sbatch"):
+                 "duetmc/resources/slurm/featurize_audio.sbatch", "duetmc/resources/web/search.html"):
         assert name in names, name
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel],
