@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def curves_plot(run: Path, path: Path) -> Path:
     """Loss and validation R@10 over epochs, with the warm-up, the TextSwap schedule and the best epoch."""
     plt = _plt()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    conf = json.loads((run / "config.json").read_text())["train"]
+    from duetmc.run import read_config
+
+    conf = dataclasses.asdict(read_config(run)[0])
     best = json.loads((run / "summary.json").read_text()).get("best_epoch")
     ep = np.array([r["epoch"] for r in rows])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})

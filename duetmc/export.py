@@ -51,7 +51,7 @@ def card_data(model: DuetModel, run: Path) -> dict:
     return {"run": str(run.resolve()), "checkpoint": model.card.get("checkpoint", "best"),
             "recipe": {k: train.get(k) for k in RECIPE_KEYS if k in train},
             "training_data": _training_data(train) if train else [],
-            "summary": _read_json(run / "summary.json"), "best": _read_json(run / f"{model.card.get('checkpoint', 'best')}.json"),
+            "summary": _read_json(run / "summary.json"), "best": _read_json(run / model.card.get("checkpoint", "best") / "state.json"),
             "evaluation": _read_json(run / "eval.json")}
 
 

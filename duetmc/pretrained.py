@@ -122,6 +122,17 @@ def _encoder_path(enc: dict) -> str | None:
     return None if enc["family"] in ("musicnn", "tiny-hubert", "minilm", "tiny-clip") else enc["source"]
 
 
+def _flat_config(cfg) -> dict:
+    """The run's options as one flat dict (the model card's recipe), caches absolute."""
+    import dataclasses
+
+    from duetmc.config import absolute_cache
+
+    flat = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("data", "out")}
+    flat["data"] = [dict(s.to_json(), cache=absolute_cache(s.cache)) for s in cfg.data]
+    return flat
+
+
 class DuetModel:
     """Trained DuET-MC heads with their locked encoders: embed new audio and text into one 256-d space.
 
@@ -189,7 +200,7 @@ class DuetModel:
                             "or use an exported model (duetmc export)") from None
         audio = dict(cache_spec.open_features(root, "audio", spec.audio, url).attrs)
         text = dict(cache_spec.open_features(root, "text", spec.text, url).attrs)
-        card = {"run": str(Path(run).resolve()), "checkpoint": checkpoint, "train": cfg.to_json()}
+        card = {"run": str(Path(run).resolve()), "checkpoint": checkpoint, "train": _flat_config(cfg)}
         return cls(heads, AudioSide.from_attrs(audio), TextSide.from_attrs(text), card, device, progress)
 
     @classmethod

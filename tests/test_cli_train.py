@@ -47,7 +47,7 @@ def test_train_eval_search_embed_cli(signal_cache, tmp_path):
     # the test clips (80-99) carry all 8 genres and 3 of the 4 moods
     assert 0 <= res["tag_retrieval"]["roc_auc"] <= 1 and res["tag_retrieval"]["n_tags"] == 11
     assert not (run / "eval.json").exists()  # nothing is written into the run
-    invoke("eval", run, "--subsets", 3, "--out", tmp_path / "res" / "eval.json")
+    invoke("eval", run, "--subsets", 3, "--queries", "all", "--out", tmp_path / "res" / "eval.json")
     assert json.loads((tmp_path / "res" / "eval.json").read_text())[0]["n_items"] == 20
     hits = json.loads(invoke("search", run, "a calm jazz song", "-k", 3, "--json"))
     assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
