@@ -31,6 +31,7 @@ import common  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch starts)
 import numpy as np  # noqa: E402
 
 from duetmc import stats  # noqa: E402
+from duetmc.ablate import run_dir, slug  # noqa: E402
 
 STEPS = [("untrained heads", "tags only"), ("tags only", "+ tag-to-caption"), ("+ tag-to-caption", "+ View Dropout"),
          ("+ View Dropout", "+ TextSwap"), ("tags only", "+ TextSwap")]
@@ -190,10 +191,6 @@ def ablate(cfg: RecipeConfig, work: Path, caches: list[Path], say) -> dict:
     return result
 
 
-def _slug(name: str) -> str:
-    """The run folder name duetmc.ablate gives a configuration (ablate.py's _slug)."""
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
-
 
 def _scores_for_dataset(work: Path, cache: Path, dataset: str, configs: list[str], seeds: int, eval_cfg,
                         probes_offered: list) -> tuple[dict, dict]:
@@ -211,10 +208,10 @@ def _scores_for_dataset(work: Path, cache: Path, dataset: str, configs: list[str
     try:
         for config in configs:
             for seed in range(seeds):
-                run = work / "ablation" / _slug(config) / f"seed{seed}"
-                path = run / f"scores_{_slug(dataset)}.npz"
+                run = run_dir(work / "ablation", config, seed)
+                path = run / f"scores_{slug(dataset)}.npz"
                 s = load_scores(path)
-                if s is None or (probes_offered[0] is not False and not (run / f"probes_{_slug(dataset)}.json").exists()):
+                if s is None or (probes_offered[0] is not False and not (run / f"probes_{slug(dataset)}.json").exists()):
                     source = source or MemorySource([index], "cpu")
                     model, _ = load_run(run)  # best, or last when pre-empted before validating
                     if s is None:
@@ -226,9 +223,9 @@ def _scores_for_dataset(work: Path, cache: Path, dataset: str, configs: list[str
                         found = {k: res[k] for k in PROBE_KEYS if k in res}
                         probes_offered[0] = bool(found)
                         if found:
-                            (run / f"probes_{_slug(dataset)}.json").write_text(json.dumps(found, default=float))
+                            (run / f"probes_{slug(dataset)}.json").write_text(json.dumps(found, default=float))
                 scores.setdefault(config, []).append(s)
-                ppath = run / f"probes_{_slug(dataset)}.json"
+                ppath = run / f"probes_{slug(dataset)}.json"
                 if ppath.exists():
                     probes[(config, seed)] = json.loads(ppath.read_text())
     finally:
@@ -293,7 +290,7 @@ def run_recipe(cfg: RecipeConfig, say=print) -> dict:
     summary = {"config": dataclasses.asdict(cfg), "chance_R@10": ablation["chance_R@10"],
                "runs_trained": ablation["runs_trained"], "timings": timings, **analysis,
                "seconds": time.perf_counter() - t0}
-    full = work / "ablation" / _slug("+ TextSwap") / "seed0"
+    full = run_dir(work / "ablation", "+ TextSwap", 0)
     summary["plots"] = [str(recipe_bars(summary, work / "recipe_bars.png")),
                         str(curves_plot(full, work / "curves_textswap_seed0.png"))]
     (work / "results.json").write_text(json.dumps(summary, indent=2, default=float))

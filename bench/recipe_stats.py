@@ -1,10 +1,8 @@
 """Per-query scores of trained runs and the statistics of the recipe's steps (bench/recipe.py).
 
 The evaluator reports means over subsets; a paired bootstrap needs the score of every query. For a
-run and a test cache, `query_scores` embeds the clips and the queries with the evaluator's own
-functions and ranks each query among the clips of every subset the evaluator uses (same seed, same
-size), so a query's score is its hit rate at k over the subsets that hold its target. Averaging them
-gives the evaluator's R@k up to the weighting of subsets.
+run and a test cache, `duetmc.evaluate.query_scores` gives each query's hit rate at k over the
+evaluator's own subsets.
 """
 
 from __future__ import annotations
@@ -13,46 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from duetmc import metrics, stats
-from duetmc.pairs import PairIndex
-from duetmc.evaluate import EvalConfig, embed_items, embed_texts, queries
+from duetmc import stats
+from duetmc.evaluate import query_scores  # noqa: F401 (used by bench/recipe.py)
 
-KS = (1, 5, 10)
 PAPER_STEP = "1-5"  # Table 4: each idea adds roughly 1-5 R@10 points per dataset
-
-
-def query_scores(model, index: PairIndex, cfg: EvalConfig, source=None, d: int = 0) -> dict:
-    """{"query_rows": [Q], "R@k": [Q] hit rates over subsets} for the split's queries in English."""
-    from duetmc.feature_source import MemorySource
-
-    own = source is None
-    if own:
-        source, d = MemorySource([index], cfg.device), 0
-    try:
-        items = index.items(cfg.split)
-        item_emb = embed_items(model, source, d, index, items)
-        q = queries(index, items, getattr(cfg, "queries", "human"))
-        chosen = q.get("en") or q.get("tags") or next(iter(q.values()))
-        rows, targets = chosen.rows, chosen.targets
-        q_emb = embed_texts(model, source, d, rows)
-    finally:
-        if own:
-            source.close()
-    hits = {k: np.zeros(len(rows)) for k in KS}
-    seen = np.zeros(len(rows))
-    for subset in metrics.item_subsets(len(items), cfg.subset_size, cfg.n_subsets, cfg.seed):
-        position = np.full(len(items), -1)
-        position[subset] = np.arange(len(subset))
-        local = position[targets]
-        chosen = np.flatnonzero(local >= 0)
-        ranks = metrics.retrieval_ranks(q_emb[chosen] @ item_emb[subset].T, local[chosen])
-        seen[chosen] += 1
-        for k in KS:
-            hits[k][chosen] += ranks <= k
-    keep = seen > 0
-    out = {"query_rows": np.asarray(rows)[keep]}
-    out.update({f"R@{k}": 100.0 * hits[k][keep] / seen[keep] for k in KS})
-    return out
 
 
 def save_scores(path: Path, scores: dict) -> None:

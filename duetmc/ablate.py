@@ -54,8 +54,14 @@ def configurations(cfg: AblateConfig) -> list[tuple[str, dict]]:
     return rows
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A configuration's (or dataset's) folder name: "+ View Dropout" -> "view_dropout"."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def run_dir(out: str | Path, config: str, seed: int) -> Path:
+    """Where an ablation keeps the run of one configuration and seed."""
+    return Path(out) / slug(config) / f"seed{seed}"
 
 
 def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
@@ -80,7 +86,7 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
         configs = [("untrained heads", {})] + configs
     for name, overrides in configs:
         for seed in range(cfg.seeds):
-            run = out / _slug(name) / f"seed{seed}"
+            run = run_dir(out, name, seed)
             rcfg = dataclasses.replace(cfg.base, out=str(run), seed=seed, progress=False, **overrides)
             t = time.perf_counter()
             if name == "untrained heads":

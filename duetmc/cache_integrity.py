@@ -83,7 +83,7 @@ class Damage:
 
 
 def _rows_of(group: zarr.Group, rel: str) -> tuple[str, list[int]]:
-    """'features/c/3/0/0/0' -> ('features', [3 * shard_rows, ...)); records/<col> likewise."""
+    """'features/c/3/0/0/0' -> ('features', [3 * rows per shard, ...)); records/<col> likewise."""
     parts = rel.split("/")
     at = parts.index("c") if "c" in parts else len(parts) - 1
     name = "/".join(parts[:at])

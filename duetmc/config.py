@@ -35,7 +35,7 @@ def opt(default, section: str, help: str = "", flag: str | None = "", resume: st
 class TrainConfig:
     data: list[DataSpec] = opt([], "data", flag=None)
     out: str = opt("", "run", flag=None, resume="safe")
-    # text sampling (DESIGN.md §2)
+    # text sampling (docs/DESIGN.md §2)
     p_cap: float = opt(0.5, "text", "Probability of a caption instead of tags.")
     views: bool = opt(True, "text", "Augmented View Dropout.", bool_flag=True)
     swap: bool = opt(True, "text", "TextSwap hard negatives.", bool_flag=True)

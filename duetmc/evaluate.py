@@ -180,7 +180,8 @@ def validate(model: DuetHeads, indices: list[PairIndex], source, p_cap: float) -
         return {}
     a, t = torch.from_numpy(np.concatenate(audio)), torch.from_numpy(np.concatenate(text))
     scale = model.logit_scale().cpu()
-    chunk = 1024  # the loss depends on the number of negatives: keep it like a training batch
+    chunk = 1024  # the loss depends on the number of negatives: a fixed, paper-sized batch, so val losses
+    # compare across runs whatever their --batch-size
     parts = [(a[i:i + chunk], t[i:i + chunk]) for i in range(0, len(a), chunk) if len(a[i:i + chunk]) > 1]
     out = {"val_loss": sum(float(contrastive_loss(x, y, scale)) * len(x) for x, y in parts)
            / max(1, sum(len(x) for x, _ in parts))}
@@ -255,6 +256,40 @@ def _ordered_items(index: PairIndex, split: str) -> np.ndarray:
     if len(items) == 0:
         raise UsageError(f"{index.spec.cache}: no featurized clips in split {split!r}")
     return items[np.argsort(np.array([str(index.ids[k]) for k in items]), kind="stable")]
+
+
+def query_scores(model, index: PairIndex, cfg: EvalConfig, source=None, d: int = 0) -> dict:
+    """{"query_rows": [Q], "R@k": [Q]}: each English query's hit rate at k (in %) over the subsets that
+    hold its target, the same subsets as `evaluate_index`; the unit of a paired bootstrap between two
+    models (duetmc.stats), where the evaluator reports only means."""
+    own = source is None
+    if own:
+        source, d = open_source([index], cfg.mode, cfg.memory_budget_gb, cfg.device)[0], 0
+    try:
+        items = _ordered_items(index, cfg.split)
+        item_emb = embed_items(model, source, d, index, items)
+        q = queries(index, items, cfg.queries)
+        chosen = q.get("en") or q.get("tags") or next(iter(q.values()))
+        rows, targets = chosen.rows, chosen.targets
+        q_emb = embed_texts(model, source, d, rows)
+    finally:
+        if own:
+            source.close()
+    hits = {k: np.zeros(len(rows)) for k in (1, 5, 10)}
+    seen = np.zeros(len(rows))
+    for subset in metrics.item_subsets(len(items), cfg.subset_size, cfg.n_subsets, cfg.seed):
+        position = np.full(len(items), -1)
+        position[subset] = np.arange(len(subset))
+        local = position[targets]
+        chosen = np.flatnonzero(local >= 0)
+        ranks = metrics.retrieval_ranks(q_emb[chosen] @ item_emb[subset].T, local[chosen])
+        seen[chosen] += 1
+        for k in (1, 5, 10):
+            hits[k][chosen] += ranks <= k
+    keep = seen > 0
+    out = {"query_rows": np.asarray(rows)[keep]}
+    out.update({f"R@{k}": 100.0 * hits[k][keep] / seen[keep] for k in (1, 5, 10)})
+    return out
 
 
 def evaluate_index(model: DuetHeads, index: PairIndex, cfg: EvalConfig, source=None, d: int = 0) -> dict:

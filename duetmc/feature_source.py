@@ -112,7 +112,7 @@ class StreamingSource:
     """Reads each batch's rows in a thread pool, shard by shard, in the sampler's order (the trainer's
     Prefetcher runs it ahead of the step). Local caches in duetmc's layout are read straight from the
     shard files (duetmc.shard_reader); other stores through zarr: rows that lie close together in one
-    shard as one contiguous slice, scattered rows as per-row `arr[i]` reads (DESIGN.md §4: faster than
+    shard as one contiguous slice, scattered rows as per-row `arr[i]` reads (docs/DESIGN.md §4: faster than
     oindex on sharded arrays), a shard's rows being sliced when their span is at most `DENSE_SPAN`
     times their count."""
 

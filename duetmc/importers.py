@@ -1,4 +1,4 @@
-"""Importers: public music-text datasets (DESIGN.md §3) and plain JSONL into our manifest.
+"""Importers: public music-text datasets (docs/DESIGN.md §3) and plain JSONL into our manifest.
 
 Each importer reads the published file with its real column names and returns the items plus an
 `ImportReport`. Free tags are sorted into categories by the vocabulary (unknown ones go under `other`).

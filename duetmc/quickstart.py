@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -131,23 +133,66 @@ def _augment(manifest: Path, views: Path, cfg: QuickstartConfig, say) -> int:
     return len(records)
 
 
-def _verdicts(table: list[dict]) -> list[str]:
-    """Does each added idea help, beyond the spread over seeds?"""
-    by = {(r["config"], r["dataset"]): r for r in table}
-    out = []
-    for dataset in dict.fromkeys(r["dataset"] for r in table):
-        for before, after in (("+ tag-to-caption", "+ View Dropout"), ("+ View Dropout", "+ TextSwap"),
-                              ("untrained heads", "+ TextSwap")):
-            a, b = by.get((before, dataset)), by.get((after, dataset))
-            if not a or not b:
-                continue
-            parts = []
-            for key in ("R@1", "R@10"):  # R@10 saturates on small test splits; R@1 still moves
-                delta = b[key] - a[key]
-                noise = float(np.hypot(a[f"{key}_std"], b[f"{key}_std"]))
-                verdict = "helps" if delta > noise else "hurts" if delta < -noise else "within the seed spread"
-                parts.append(f"Δ{key} = {delta:+.1f} (spread ±{noise:.1f}): {verdict}")
-            out.append(f"{dataset}: {after} vs {before}: " + "; ".join(parts))
+STEPS = (("untrained heads", "tags only"), ("tags only", "+ tag-to-caption"), ("+ tag-to-caption", "+ View Dropout"),
+         ("+ View Dropout", "+ TextSwap"))
+
+
+def step_verdicts(out: Path, caches: list[str], names: list[str], cfg: QuickstartConfig, eval_cfg) -> list[dict]:
+    """Does each added idea help? A paired bootstrap 95 % interval of the R@10 difference over the same
+    queries and seeds (duetmc.stats); an interval that includes zero means the data cannot decide."""
+    from duetmc import stats
+    from duetmc.ablate import run_dir
+    from duetmc.evaluate import query_scores
+    from duetmc.feature_source import MemorySource
+    from duetmc.pairs import DataSpec, PairIndex
+    from duetmc.run import load_run
+
+    verdicts = []
+    for cache, name in zip(caches, names):
+        index, scores = None, {}
+        for config in dict.fromkeys(c for step in STEPS for c in step):
+            for seed in range(cfg.seeds):
+                model, tcfg = load_run(run_dir(out / "ablation", config, seed))
+                if index is None:
+                    index = PairIndex(DataSpec(cache, tcfg.data[0].audio, tcfg.data[0].text))
+                    source = MemorySource([index])
+                scores.setdefault(config, []).append(query_scores(model, index, eval_cfg, source, 0)["R@10"])
+        source.close()
+        for before, after in STEPS:
+            ci = stats.paired_bootstrap_ci(np.stack(scores[before]), np.stack(scores[after]), n_boot=2000)
+            verdicts.append({"dataset": name, "step": f"{after} vs {before}", "delta_R@10": ci.estimate,
+                             "ci_low": ci.low, "ci_high": ci.high, "n_queries": len(scores[before][0]), "n_seeds": cfg.seeds,
+                             "verdict": "helps" if ci.low > 0 else "hurts" if ci.high < 0 else "cannot decide"})
+    return verdicts
+
+
+def verdict_line(v: dict) -> str:
+    why = ("the 95 % interval excludes zero" if v["verdict"] != "cannot decide"
+           else "the 95 % interval includes zero: this data cannot tell")
+    return (f"{v['dataset']}: {v['step']}: ΔR@10 = {v['delta_R@10']:+.1f} [{v['ci_low']:+.1f}, {v['ci_high']:+.1f}] "
+            f"over {v['n_queries']} queries x {v['n_seeds']} seeds: {v['verdict']} ({why})")
+
+
+def _command() -> str:
+    """How the user can call duetmc from here: the venv's script (relative when under the working
+    directory, as in the README), else plain `duetmc`."""
+    script = Path(sys.executable).parent / "duetmc"
+    return _shown(script) if script.exists() else "duetmc"
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def build_catalog(run: Path, cache: str, out: Path) -> Path:
+    """The search index of the full recipe's run over every clip of the cache (for `duetmc serve`)."""
+    from duetmc.catalog import build_index
+    from duetmc.pretrained import DuetModel
+
+    if not (out / "index.json").exists():
+        build_index(DuetModel.from_run(run, progress=False), out, cache=cache)
     return out
 
 
@@ -155,7 +200,7 @@ def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> d
     from duetmc.ablate import AblateConfig, run_ablation
     from duetmc.pairs import resolve_spec
     from duetmc.evaluate import EvalConfig
-    from duetmc.search import search
+    from duetmc.index import Index
     from duetmc.synth import synth_corpus
     from duetmc.train import TrainConfig
 
@@ -178,20 +223,24 @@ def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> d
         a = _featurize(manifest, out / "views.jsonl", cache, cfg, say, progress)
         b = _featurize(heldout, out / "views_heldout_sf.jsonl", cache_sf, cfg, say, progress)
         work["windows_featurized"], work["texts_featurized"] = a["audio"] + b["audio"], a["text"] + b["text"]
+    names = ["test (FluidR3)", "test (TimGM6mb)"]
+    eval_cfg = EvalConfig(split="test")  # human-style captions are the queries (docs/PROTOCOL.md)
     with _step("4/5 train + 5/5 ablate", timings, say):
         base = TrainConfig(data=[resolve_spec(cache)], out=str(out / "ablation"), seed=cfg.seed, **cfg.train)
-        result = run_ablation(AblateConfig(base, [cache, cache_sf], ["test (FluidR3)", "test (TimGM6mb)"],
-                                           seeds=cfg.seeds, p_cap_sweep=False, eval=EvalConfig(split="test")),
-                              progress=progress)
+        result = run_ablation(AblateConfig(base, [cache, cache_sf], names, seeds=cfg.seeds, p_cap_sweep=False,
+                                           eval=eval_cfg), progress=progress)
+        verdicts = step_verdicts(out, [cache, cache_sf], names, cfg, eval_cfg)
     table = result["table"]
     full_run = out / "ablation" / "textswap" / "seed0"
+    catalog = build_catalog(full_run, cache, out / "catalog")
     test_tags = _common_test_tags(cache)
     query = f"a {test_tags['mood']} {test_tags['genre']} song with {test_tags['instrument']}"
-    hits = search(full_run, query, cache, top_k=5, split="test")
+    hits = Index.load(catalog).search_text(query, 5)
     total = time.perf_counter() - t0
     work["runs_trained"] = result["runs_trained"]
     summary = {"seconds": round(total, 1), "timings": timings, "work": work, "table": table,
-               "chance_R@10": result["chance_R@10"], "verdicts": _verdicts(table), "query": query, "hits": hits,
+               "chance_R@10": result["chance_R@10"], "verdicts": verdicts, "query": query, "hits": hits,
+               "catalog": str(catalog), "serve": f"{_command()} serve {_shown(catalog)}",
                "plots": [str(out / "ablation" / "bars.png"), str(full_run / "loss.png"), str(full_run / "r10.png")],
                "config": dataclasses.asdict(cfg)}
     if previous is not None:
@@ -218,14 +267,16 @@ def _common_test_tags(cache: str) -> dict[str, str]:
 def _report(s: dict, out: Path, say) -> None:
     say("\n== Results: text→music retrieval on the test split (FluidR3) and the held-out soundfont (TimGM6mb)")
     say((out / "ablation" / "table.md").read_text())
-    for line in s["verdicts"]:
-        say(f"   {line}")
+    say("Does each idea help? Paired bootstrap over the same queries and seeds:")
+    for v in s["verdicts"]:
+        say("   " + verdict_line(v))
     say(f"\nplots: {', '.join(s['plots'])}")
-    say(f"\nduetmc search {out / 'ablation' / 'textswap' / 'seed0'} \"{s['query']}\" -k 5")
+    say(f"\n{_command()} index search {_shown(Path(s['catalog']))} \"{s['query']}\" -k 5")
     for rank, h in enumerate(s["hits"], 1):
         t = h["tags"]
         say(f"  {rank}. {h['score']:.3f} {h['id']}: {', '.join(t.get('genre', []) + t.get('mood', []))}; "
             f"{', '.join(t.get('instrument', []))}")
+    say(f"\nlisten in a browser: {s['serve']}      # then open http://127.0.0.1:8000/")
     first = s["first_run_seconds"]
     if first != s["seconds"]:
         say(f"\nthis rerun took {s['seconds']:.0f} s, {100 * s['seconds'] / first:.0f} % of the first run ({first:.0f} s): "

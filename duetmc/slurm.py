@@ -3,7 +3,7 @@ what was submitted.
 
 Everything distributed here is SLURM's own machinery: a featurize run is one job array whose task I of
 N runs `duetmc featurize ... --task I/N` over whole cache shards (Zarr v3 has no cross-process
-locking, DESIGN.md §4); training uses `--requeue` and `--signal=B:USR1@120` so the trainer can
+locking, docs/DESIGN.md §4); training uses `--requeue` and `--signal=B:USR1@120` so the trainer can
 checkpoint before preemption. Progress comes from the cache's done-mask, never from `sacct`.
 
 Each submission is recorded in `<dir>/logs/jobs.json` next to the script it submitted, so a second

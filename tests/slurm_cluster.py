@@ -1,4 +1,4 @@
-"""A real single-node SLURM cluster on localhost, everything under one temp dir (DESIGN.md §4).
+"""A real single-node SLURM cluster on localhost, everything under one temp dir (docs/DESIGN.md §4).
 
 munged, slurmctld and slurmd run in the foreground as children of this process, so stopping the
 cluster stops exactly the PIDs it started and nothing else on the machine. Ports are picked free,

@@ -14,7 +14,7 @@ def small_config(**overrides) -> HeadsConfig:
     return HeadsConfig(**values)
 
 
-# --- recipe defaults (DESIGN.md §2) ---------------------------------------------------------------
+# --- recipe defaults (docs/DESIGN.md §2) ---------------------------------------------------------------
 
 
 def test_heads_config_defaults_are_the_papers_recipe():

@@ -1,12 +1,13 @@
-"""Tag-to-caption: turn expert tags into a one-sentence caption (DESIGN.md §2).
+"""Tag-to-caption: turn expert tags into a one-sentence caption (docs/DESIGN.md §2).
 
 Three backends share one interface, `caption_many(requests) -> captions`:
   template  offline default; deterministic given the request seed; mentions every tag given, no other
   llm       any OpenAI-compatible chat or completions endpoint (vLLM, TGI, llama.cpp server...), with a
             few-shot prompt, bounded concurrency, retries with backoff and an on-disk cache
   hf        a local transformers causal LM, greedy decoding
-An LLM or HF caption that is empty, too long or mentions none of its tags is retried, then replaced by
-the template caption and recorded with source="fallback".
+An LLM caption that is empty, too long or mentions none of its tags is retried, then replaced by the
+template caption and recorded with source="fallback"; an unusable HF caption is replaced at once
+(greedy decoding would only repeat it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TextSwap: hard negatives made by swapping one category's keywords in a text (DESIGN.md §2).
+"""TextSwap: hard negatives made by swapping one category's keywords in a text (docs/DESIGN.md §2).
 
 It works on the text itself: the item's tags are looked for in it (synonyms and multi-word forms
 included), so LLM and human captions can be swapped as well as template ones. Each swappable category

@@ -1,4 +1,4 @@
-"""Augmented View Dropout: K category-balanced partial views of an item's tags (DESIGN.md §2).
+"""Augmented View Dropout: K category-balanced partial views of an item's tags (docs/DESIGN.md §2).
 
 Each view keeps between 1 and `max_per_category` tags of every category the item has, so no category
 vanishes and none dominates. When the item has more tags than one per category, every view masks at

@@ -1,4 +1,4 @@
-"""The tag vocabulary: categories, synonyms, relations and the TextSwap dictionary (DESIGN.md §2).
+"""The tag vocabulary: categories, synonyms, relations and the TextSwap dictionary (docs/DESIGN.md §2).
 
 One data file holds them all (`duetmc/resources/tags.json`; its `about` field explains the format). A
 vocabulary answers four questions: which category a tag belongs to, what its canonical spelling is,

@@ -4,7 +4,7 @@ Decoding (duetmc.featurize.decode) streams each item in blocks, downmixes to mon
 window with torchaudio, so memory is bounded by the window and batch, never by the track. The plan
 (duetmc.featurize.plan) follows the manifest. Tracks longer than the window are cut into windows; the
 last window is aligned to the track's end, so every window of a long track is full length and nothing is ever padded (MERT's group norm makes padded
-and unpadded batches differ, DESIGN.md §5). Clips shorter than the window form a window of their own.
+and unpadded batches differ, docs/DESIGN.md §5). Clips shorter than the window form a window of their own.
 """
 
 from __future__ import annotations

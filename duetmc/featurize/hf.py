@@ -1,7 +1,7 @@
 """Loading locked transformers encoders strictly: a missing, unexpected or mis-shaped weight is an error.
 
 Peers lost weeks to encoders that loaded silently random-initialised after a library update
-(DESIGN.md §5). Every load here goes through `strict_from_pretrained`.
+(docs/DESIGN.md §5). Every load here goes through `strict_from_pretrained`.
 """
 
 from __future__ import annotations
