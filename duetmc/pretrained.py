@@ -85,14 +85,16 @@ class TextSide:
     encoder: dict
     settings: dict  # the cache key: encoder, layers, max_tokens
     layers: list[int]
-    max_tokens: int  # the cache's padded length: longer texts are cut there, as the heads were trained
+    max_tokens: int  # the text encoder's own token limit (not the cache's longest text): the heads take any length
     compute_dtype: str = "float32"
     languages: list[str] = field(default_factory=list)
 
     @staticmethod
     def from_attrs(attrs: dict) -> "TextSide":
+        from duetmc.featurize.text import token_limit
+
         return TextSide(dict(attrs["encoder"]), dict(attrs["settings"]), list(attrs["layers"]),
-                        int(attrs["max_tokens"]), attrs.get("compute_dtype", "float32"),
+                        token_limit(attrs), attrs.get("compute_dtype", "float32"),
                         list(attrs.get("languages", [])))
 
 

@@ -15,6 +15,7 @@ import os
 import threading
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
 from duetmc.cache_spec import CacheError
@@ -40,6 +41,8 @@ class ShardRows:
         self.root = Path(arr.store.root) / arr.store_path.path
         self.encode_key = arr.metadata.chunk_key_encoding.encode_chunk_key
         self.zstd, self.crc = Zstd(), CRC32C()
+        # caches written since checksums were added carry a CRC32C after each row's zstd frame
+        self.row_crc = _codec_names(arr.metadata.codecs[0].codecs)[-1][0] == "Crc32cCodec"
         self.indices: dict[int, np.ndarray] = {}  # shard -> [rps, 2] (offset, nbytes); 16 bytes per row
         self.lock = threading.Lock()
 
@@ -58,7 +61,8 @@ class ShardRows:
         return (arr.fill_value == 0 and tuple(sharding.chunk_shape) == (1,) + tuple(arr.shape[1:])
                 and tuple(arr.shards) == (arr.shards[0],) + tuple(arr.shape[1:])
                 and sharding.index_location.value == "end"
-                and [n for n, _ in inner] == ["BytesCodec", "ZstdCodec"] and inner[0][1].get("endian") == "little"
+                and [n for n, _ in inner] in (["BytesCodec", "ZstdCodec"], ["BytesCodec", "ZstdCodec", "Crc32cCodec"])
+                and inner[0][1].get("endian") == "little"
                 and [n for n, _ in index] == ["BytesCodec", "Crc32cCodec"] and index[0][1].get("endian") == "little")
 
     def _damaged(self, shard: int, problem: str) -> CacheError:
@@ -82,6 +86,13 @@ class ShardRows:
                 self.indices[shard] = index
         return index
 
+    def _decode(self, chunk: bytes) -> bytes:
+        if self.row_crc:
+            chunk, stored = chunk[:-4], chunk[-4:]
+            if np.uint32(google_crc32c.value(chunk)).tobytes() != stored:
+                raise ValueError("stored and computed CRC32C differ")
+        return self.zstd.decode(chunk)
+
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Rows of one shard, in the given order."""
         shard = int(rows[0]) // self.rps
@@ -97,7 +108,7 @@ class ShardRows:
                 if offset == _EMPTY:
                     continue  # never written: the fill value, as zarr returns it
                 try:
-                    raw = self.zstd.decode(os.pread(fd, int(nbytes), int(offset)))
+                    raw = self._decode(os.pread(fd, int(nbytes), int(offset)))
                     out[j] = np.frombuffer(raw, dtype=self.dtype).reshape(self.row_shape)
                 except Exception as exc:  # a damaged chunk: wrong size or not zstd
                     raise self._damaged(shard, f"cannot be read (row {int(r)}: {exc})") from None

@@ -274,7 +274,7 @@ def read_prompts(path: str | Path, split: str | None) -> list[Prompt]:
 def prompts_from_cache(cache: str, split: str) -> list[Prompt]:
     """Each clip of `split` in a cache with its first English caption (human captions come first)."""
     from duetmc.cache_spec import read_strings
-    from duetmc.dataset import PairIndex, resolve_spec
+    from duetmc.pairs import PairIndex, resolve_spec
 
     index = PairIndex(resolve_spec(cache))
     texts = read_strings(index.text["texts"])

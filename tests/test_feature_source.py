@@ -106,11 +106,11 @@ def test_allow_missing_trains_and_evaluates_without_the_lost_items(tiny_cache, t
         res = _run("train", "--cache", cache, "--out", run, "--epochs", 1, "--batch-size", 8, "--allow-missing",
                    "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads((run / "config.json").read_text())["train"]["allow_missing"] is True
-    res = _run("eval", run, "--subsets", 1, "--split", "val", "--json")  # the same loss, not allowed here
+    assert json.loads((run / "config.json").read_text())["data"]["allow_missing"] is True
+    res = _run("eval", run, "--subsets", 1, "--split", "val", "--queries", "all", "--json")  # the same loss, refused
     assert res.exit_code == 2 and "shard 0" in res.output
     with pytest.warns(UserWarning, match="skipping 16 item"):
-        res = _run("eval", run, "--subsets", 1, "--split", "val", "--allow-missing", "--json")
+        res = _run("eval", run, "--subsets", 1, "--split", "val", "--allow-missing", "--queries", "all", "--json")
     assert res.exit_code == 0, res.output
 
 
@@ -166,6 +166,12 @@ def test_direct_shard_reads_equal_zarr_reads(tmp_path):
         np.testing.assert_array_equal(reader.read(rows), np.asarray(arr[:])[rows])
     with pytest.raises(CacheError, match=r"g/features: shard 2 has no file.*item32"):
         reader.read(np.array([33]))
+    first = tmp_path / "g.zarr" / "features" / "c" / "0" / "0" / "0" / "0"
+    raw = bytearray(first.read_bytes())
+    raw[10] ^= 0xFF  # one flipped bit pattern inside row 0's chunk: its CRC32C no longer matches
+    first.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match=r"g/features: shard 0 cannot be read \(row 0"):
+        ShardRows(arr, "g/features", lambda rows: [f"item{r}" for r in rows]).read(np.array([0]))
     path = tmp_path / "g.zarr" / "features" / "c" / "1" / "0" / "0" / "0"
     path.write_bytes(path.read_bytes()[:-3])
     fresh = ShardRows(arr, "g/features", lambda rows: [f"item{r}" for r in rows])

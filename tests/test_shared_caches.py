@@ -181,13 +181,13 @@ def test_train_and_eval_from_an_overlay_choose_the_text_set_by_name(lab, bens, t
     res = run_cli("train", "--cache", bens, "--text-set", "mine", "--out", tmp_path / "run", "--epochs", "1",
                   "--batch-size", "8", "--json")
     assert res.returncode == 0, res.stderr
-    [result] = evaluate_run(tmp_path / "run", [], EvalConfig())
+    [result] = evaluate_run(tmp_path / "run", [], EvalConfig(queries="all"))
     assert result["cache"] == str(bens) and result["n_items"] == 5 and "en" in result["text_to_music"]
     # the same run queried with the lab's own texts, chosen by name
-    [theirs_result] = evaluate_run(tmp_path / "run", [], EvalConfig(), text_set="views")
+    [theirs_result] = evaluate_run(tmp_path / "run", [], EvalConfig(queries="all"), text_set="views")
     assert theirs_result["text_to_music"]["en"] != result["text_to_music"]["en"]
     with pytest.raises(CacheError, match=r"no text set 'nope' for tiny-text.l-1; it has \['tiny-text.l-1', 'tiny-text.l-1.s-mine'\]"):
-        evaluate_run(tmp_path / "run", [], EvalConfig(), text_set="nope")
+        evaluate_run(tmp_path / "run", [], EvalConfig(queries="all"), text_set="nope")
 
 
 def test_a_base_that_grew_after_the_overlay_is_reported(lab, tmp_path):
@@ -362,8 +362,8 @@ def test_a_cache_over_http_reads_for_info_validate_train_and_eval(lab, served, t
     assert verify_cache(served)["ok"] and all(g["manifest"] for g in verify_cache(served)["groups"])
     run = tmp_path / "run"
     train(TrainConfig(data=[resolve_spec(served)], out=str(run), epochs=1, batch_size=8, progress=False, plots=False))
-    [remote] = evaluate_run(run, [served], EvalConfig())
-    [local] = evaluate_run(run, [str(lab["cache"])], EvalConfig())
+    [remote] = evaluate_run(run, [served], EvalConfig(queries="all"))
+    [local] = evaluate_run(run, [str(lab["cache"])], EvalConfig(queries="all"))
     assert remote["text_to_music"] == local["text_to_music"]
     # an overlay on the web-served cache takes a user's texts locally
     from duetmc.cache_ops import create_overlay

@@ -134,7 +134,7 @@ def build_indexes(root: Path, n_items: int = 40) -> dict[str, Path]:
     from train_fixtures import build_signal_cache
 
     from duetmc.catalog import build_index
-    from duetmc.dataset import resolve_spec
+    from duetmc.pairs import resolve_spec
     from duetmc.pretrained import DuetModel
     from duetmc.train import TrainConfig, train
 

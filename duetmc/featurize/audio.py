@@ -264,10 +264,7 @@ def _update_group(group, items: list[Item], config, sr: int, win: int, hop: int)
         cache_spec.create_array(group, "item_source", (len(ids),), str, (max(1, len(ids)),), ["item"])[:] = \
             np.array([p.to_json() for p in stored], dtype=object)
     d = diff_plan(items, ids, stored, split)
-    for m, k in d.kept:  # split and tags are not features: follow the manifest in place
-        if (items[m].split or "") != split[k]:
-            group["split"][k] = items[m].split or ""
-        group["tags"][k] = json.dumps(items[m].tags, ensure_ascii=False)
+    _follow_labels(group, items, d.kept, split, config.cache, d.unchanged)
     if d.unchanged:
         return report(d, items, ids)
     fresh = d.added + [m for m, _ in d.changed]
@@ -286,6 +283,21 @@ def _update_group(group, items: list[Item], config, sr: int, win: int, hop: int)
         group["split"][k] = REMOVED
         group["item_rows"][k] = [0, 0]
     return report(d, items, ids)
+
+
+def _follow_labels(group, items: list[Item], kept, split: list[str], cache: str, unchanged: bool) -> None:
+    """Split and tags are not features: kept items follow the manifest in place. A group read from an
+    overlay's base is never written: any difference there is refused with the fix."""
+    tags = cache_spec.read_strings(group["tags"]).tolist()
+    edits = [(m, k) for m, k in kept if (items[m].split or "") != split[k]
+             or json.dumps(items[m].tags, ensure_ascii=False) != tags[k]]
+    if getattr(group.store, "read_only", False) and (edits or not unchanged):
+        raise CacheError(f"{cache}: {group.path} is read from a base of this overlay, and your manifest differs "
+                         f"from its plan (new, edited or relabelled clips); an overlay never writes to its base: "
+                         "featurize your clips into a cache of your own (or ask the base's owner to add them)")
+    for m, k in edits:
+        group["split"][k] = items[m].split or ""
+        group["tags"][k] = json.dumps(items[m].tags, ensure_ascii=False)
 
 
 def _retire(group, cache: str, items: list[int]) -> None:
