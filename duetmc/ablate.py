@@ -111,9 +111,16 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
             if progress:
                 last = rows[-1]
                 print(f"{name:>18} seed {seed}: R@10 {last['R@10']:.1f}  MedR {last['MedR']:.0f}", flush=True)
+    result = write_results(out, cfg, rows, notes, _chance(eval_indices, cfg.eval))
+    result.update(timings=timings, runs_trained=runs_trained, seconds=time.perf_counter() - t0)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def write_results(out: Path, cfg: AblateConfig, rows: list[dict], notes: list[str], chance: float) -> dict:
+    """table.md (mean ± std over seeds, chance, queries used, probes, warnings) and bars.png."""
     table_rows = aggregate(rows)
     table = metrics.markdown_table(table_rows, metrics=("R@1", "R@5", "R@10", "MedR", *PROBE_COLUMNS))
-    chance = _chance(eval_indices, cfg.eval)
     used = "; ".join(dict.fromkeys(f"{r['dataset']}: " + ", ".join(f"{n} {s}" for s, n in r["queries"].items())
                                    for r in rows))
     (out / "table.md").write_text(
@@ -121,11 +128,8 @@ def run_ablation(cfg: AblateConfig, progress: bool = True) -> dict:
         f"Chance R@10 ≈ {chance:.1f} %. Queries ({cfg.eval.queries}): {used}. Swap acc: % of TextSwap variants "
         "scored below the true text (chance ≈ 50); partial R@10: queries from one tag category.\n\n" + table
         + "".join(f"\nWarning: {w}\n" for w in notes))
-    result = {"rows": rows, "table": table_rows, "timings": timings, "chance_R@10": chance, "runs_trained": runs_trained,
-              "warnings": notes, "seconds": time.perf_counter() - t0}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
     bar_chart(table_rows, out / "bars.png")
-    return result
+    return {"rows": rows, "table": table_rows, "chance_R@10": chance, "warnings": notes}
 
 
 def _dataset_name(cfg: AblateConfig, index: PairIndex, lang: str) -> str:

@@ -121,6 +121,28 @@ def _translations(items: Sequence[Item], translator, languages: Sequence[str], r
     return out
 
 
+def _item_texts(item: Item, tags: dict, views: list, captions, translated: dict,
+                languages: Sequence[str]) -> list[tuple[TextRecord, bool]]:
+    """One item's texts as (record, swappable): the vocabulary is English only. `captions` yields the
+    item's generated caption, then one per view, in the order run_augment requested them."""
+    texts: list[tuple[TextRecord, bool]] = []
+    if tags:
+        texts.append((TextRecord(item.id, "tags", ", ".join(_flat(tags)), source="human", tags=_flat(tags)), True))
+    texts += [(TextRecord(item.id, "caption", text, source="human"), True) for text in item.captions]
+    texts += [(TextRecord(item.id, "caption", text, lang=lang, source="human"), False)
+              for lang, texts_ in item.captions_i18n.items() for text in texts_]
+    texts += [(TextRecord(item.id, "caption", translated[(text, lang)], lang=lang, source="translation"), False)
+              for lang in languages for text in item.captions if (text, lang) in translated
+              and not item.captions_i18n.get(lang)]
+    if tags:
+        full = next(captions)
+        texts.append((TextRecord(item.id, "caption", full.text, source=full.source, tags=_flat(tags)), True))
+        for k, view in enumerate(views):
+            cap = next(captions)
+            texts.append((TextRecord(item.id, "view", cap.text, view=k, source=cap.source, tags=_flat(view)), True))
+    return texts
+
+
 def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, seed: int = 0, vocab: Vocabulary | None = None,
                 translator=None, languages: Sequence[str] = ()) -> AugmentResult:
     """Captions, views and swaps for every item, plus a report of what was made and skipped.
@@ -154,21 +176,7 @@ def run_augment(items: Sequence[Item], captioner: Captioner, n_views: int = 10, 
     records: list[TextRecord] = []
     for item in items:
         tags = tags_of[item.id]
-        texts: list[tuple[TextRecord, bool]] = []  # (record, swappable): the vocabulary is English only
-        if tags:
-            texts.append((TextRecord(item.id, "tags", ", ".join(_flat(tags)), source="human", tags=_flat(tags)), True))
-        texts += [(TextRecord(item.id, "caption", text, source="human"), True) for text in item.captions]
-        texts += [(TextRecord(item.id, "caption", text, lang=lang, source="human"), False)
-                  for lang, texts_ in item.captions_i18n.items() for text in texts_]
-        texts += [(TextRecord(item.id, "caption", translated[(text, lang)], lang=lang, source="translation"), False)
-                  for lang in languages for text in item.captions if (text, lang) in translated
-                  and not item.captions_i18n.get(lang)]
-        if tags:
-            full = next(captions)
-            texts.append((TextRecord(item.id, "caption", full.text, source=full.source, tags=_flat(tags)), True))
-            for k, view in enumerate(views_of[item.id]):
-                cap = next(captions)
-                texts.append((TextRecord(item.id, "view", cap.text, view=k, source=cap.source, tags=_flat(view)), True))
+        texts = _item_texts(item, tags, views_of[item.id], captions, translated, languages)
         swapped: set[str] = set()
         for rec, swappable in texts:
             records += _with_swaps(rec, tags, vocab, seed, report) if swappable and rec.text not in swapped else [rec]

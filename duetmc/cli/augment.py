@@ -46,67 +46,74 @@ def _default_cache_dir() -> Path:
 def augment(manifest, out, captioner, n_views, seed, endpoint, model, api, api_key, concurrency, timeout_s, cache_dir, vocab_path,
             translate, as_json):
     """Write every text the trainer may see: tags, captions, View Dropout views and TextSwap negatives."""
+    from duetmc.augment.pipeline import run_augment
+    from duetmc.augment.viewsfile import write_views
+    from duetmc.augment.vocab import load_vocabulary
+    from duetmc.manifest import load_manifest
 
-    def run():
-        from duetmc.augment import captions as cap
-        from duetmc.augment.pipeline import run_augment
-        from duetmc.augment.viewsfile import write_views
-        from duetmc.augment.vocab import load_vocabulary
-        from duetmc.manifest import load_manifest
-
-        vocab = load_vocabulary(vocab_path)
-        items = load_manifest(manifest)
-        if captioner == "llm":
-            if not endpoint or not model:
-                raise click.UsageError("--captioner llm needs --endpoint URL and --model NAME")
-            backend = cap.LLMCaptioner(cap.LLMConfig(endpoint=endpoint, model=model, api=api, concurrency=concurrency, timeout_s=timeout_s,
-                                                     cache_dir=cache_dir or _default_cache_dir(), api_key=api_key), vocab)
-        elif captioner == "hf":
-            if not model:
-                raise click.UsageError("--captioner hf needs --model PATH (a local transformers model folder)")
-            backend = cap.HFCaptioner(cap.HFConfig(path=Path(model)), vocab)
-        else:
-            backend = cap.TemplateCaptioner(vocab)
-        translator, languages = None, ()
-        if translate:
-            from duetmc.augment.translate import LLMTranslator, parse_languages
-
-            languages = parse_languages(translate)
-            if not endpoint or not model:
-                raise click.UsageError("--translate needs --endpoint URL and --model NAME (an OpenAI-compatible server)")
-            client = backend if isinstance(backend, cap.LLMCaptioner) else cap.LLMCaptioner(cap.LLMConfig(
-                endpoint=endpoint, model=model, api=api, concurrency=concurrency, timeout_s=timeout_s,
-                cache_dir=cache_dir or _default_cache_dir(), api_key=api_key), vocab)
-            translator = LLMTranslator(client)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = run_augment(items, backend, n_views=n_views, seed=seed, vocab=vocab, translator=translator,
-                                 languages=languages)
-        _echo_warnings(caught)
-        write_views(result.records, out)
+    vocab = load_vocabulary(vocab_path)
+    items = load_manifest(manifest)
+    llm = dict(endpoint=endpoint, model=model, api=api, concurrency=concurrency, timeout_s=timeout_s,
+               cache_dir=cache_dir or _default_cache_dir(), api_key=api_key)
+    backend = _captioner(captioner, llm, vocab)
+    translator, languages = _translator(translate, backend, llm, vocab)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_augment(items, backend, n_views=n_views, seed=seed, vocab=vocab, translator=translator,
+                             languages=languages)
+    _echo_warnings(caught)
+    write_views(result.records, out)
+    stats = getattr(backend, "stats", None)
+    if as_json:
         summary = {"out": str(out), "records": len(result.records), **result.report.to_json()}
-        stats = getattr(backend, "stats", None)
-        if stats is not None:
-            summary["captioner_stats"] = stats.to_json()
-        if as_json:
-            emit_json(summary)
-            return
-        r = result.report
-        click.echo(f"wrote {len(result.records)} records for {r.items} items to {out}")
-        click.echo("  by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(r.records_by_kind.items())))
-        click.echo("  captions by source: " + ", ".join(f"{k} {v}" for k, v in sorted(r.captions_by_source.items())))
-        click.echo(f"  swaps made {r.swaps_made}, skipped {r.swaps_skipped} (see 'note' on the parent records)")
-        click.echo(f"  unknown tags kept under 'other': {r.unknown_tags}" + (f" (e.g. {', '.join(r.unknown_examples[:5])})" if r.unknown_examples else ""))
-        if languages:
-            click.echo(f"  translations ({', '.join(languages)}): {r.translations} written, {r.translations_failed} failed")
-        if r.items_without_tags:
-            click.echo(f"  items without tags (human captions only): {r.items_without_tags}")
-        if stats is not None:
-            click.echo(f"  {captioner}: {stats.requests} requests, {stats.cache_hits} cache hits, {stats.retries} retries, {stats.fallbacks} template fallbacks")
-            if stats.fallbacks and stats.errors:
-                click.echo(f"  first failure: {stats.errors[0]}", err=True)
+        emit_json({**summary, "captioner_stats": stats.to_json()} if stats is not None else summary)
+    else:
+        _print_summary(result, out, captioner, stats, languages)
 
-    run()
+
+def _captioner(name: str, llm: dict, vocab):
+    from duetmc.augment import captions as cap
+
+    if name == "llm":
+        if not llm["endpoint"] or not llm["model"]:
+            raise click.UsageError("--captioner llm needs --endpoint URL and --model NAME")
+        return cap.LLMCaptioner(cap.LLMConfig(**llm), vocab)
+    if name == "hf":
+        if not llm["model"]:
+            raise click.UsageError("--captioner hf needs --model PATH (a local transformers model folder)")
+        return cap.HFCaptioner(cap.HFConfig(path=Path(llm["model"])), vocab)
+    return cap.TemplateCaptioner(vocab)
+
+
+def _translator(translate: str | None, backend, llm: dict, vocab):
+    """(translator, languages) for --translate, through the same OpenAI-compatible client as captions."""
+    if not translate:
+        return None, ()
+    from duetmc.augment import captions as cap
+    from duetmc.augment.translate import LLMTranslator, parse_languages
+
+    languages = parse_languages(translate)
+    if not llm["endpoint"] or not llm["model"]:
+        raise click.UsageError("--translate needs --endpoint URL and --model NAME (an OpenAI-compatible server)")
+    client = backend if isinstance(backend, cap.LLMCaptioner) else cap.LLMCaptioner(cap.LLMConfig(**llm), vocab)
+    return LLMTranslator(client), languages
+
+
+def _print_summary(result, out, captioner: str, stats, languages) -> None:
+    r = result.report
+    click.echo(f"wrote {len(result.records)} records for {r.items} items to {out}")
+    click.echo("  by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(r.records_by_kind.items())))
+    click.echo("  captions by source: " + ", ".join(f"{k} {v}" for k, v in sorted(r.captions_by_source.items())))
+    click.echo(f"  swaps made {r.swaps_made}, skipped {r.swaps_skipped} (see 'note' on the parent records)")
+    click.echo(f"  unknown tags kept under 'other': {r.unknown_tags}" + (f" (e.g. {', '.join(r.unknown_examples[:5])})" if r.unknown_examples else ""))
+    if languages:
+        click.echo(f"  translations ({', '.join(languages)}): {r.translations} written, {r.translations_failed} failed")
+    if r.items_without_tags:
+        click.echo(f"  items without tags (human captions only): {r.items_without_tags}")
+    if stats is not None:
+        click.echo(f"  {captioner}: {stats.requests} requests, {stats.cache_hits} cache hits, {stats.retries} retries, {stats.fallbacks} template fallbacks")
+        if stats.fallbacks and stats.errors:
+            click.echo(f"  first failure: {stats.errors[0]}", err=True)
 
 
 @click.group("datasets")
