@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from duetmc.config import TrainConfig
 from duetmc.errors import PathError, UsageError
 from duetmc.heads.model import DuetHeads, HeadsConfig
+from duetmc.atomic import atomic_write_text
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -171,14 +172,8 @@ def truncate_metrics(run: str | Path, epochs_done: int) -> int:
     rows = read_metrics(run)
     keep = [r for r in rows if r["epoch"] < epochs_done]
     if len(keep) != len(rows):
-        write_atomic(Path(run) / METRICS, "".join(json.dumps(r) + "\n" for r in keep))
+        atomic_write_text(Path(run) / METRICS, "".join(json.dumps(r) + "\n" for r in keep))
     return len(rows) - len(keep)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_plots(run: str | Path) -> None:
@@ -212,7 +207,7 @@ def write_plots(run: str | Path) -> None:
 
 def write_config(run: str | Path, cfg: TrainConfig, features: dict) -> None:
     """config.json: the config tree plus the trained-on feature shapes and weights hashes."""
-    write_atomic(Path(run) / CONFIG, json.dumps({**cfg.to_json(), "features": features}, indent=2))
+    atomic_write_text(Path(run) / CONFIG, json.dumps({**cfg.to_json(), "features": features}, indent=2))
 
 
 def read_config(run: str | Path) -> tuple[TrainConfig, dict]:

@@ -34,6 +34,7 @@ from duetmc.heads.model import DuetHeads, positional_sizes
 from duetmc.loss import contrastive_loss, textswap_negatives
 from duetmc.tracking import make_reporter
 from duetmc.errors import UsageError
+from duetmc.atomic import atomic_write_text
 
 __all__ = ["REQUEUE_EXIT_CODE", "TrainConfig", "Trainer", "train", "load_data", "p_swap", "learning_rate"]
 
@@ -366,7 +367,7 @@ class Trainer:
             summary["train_seconds"] = sum(r["seconds"] for r in rundir.read_metrics(self.out))
             if not rundir.exists(self.out / "best"):  # epochs=0: the untrained heads are the result
                 rundir.save_checkpoint(self.out / "best", self.model, {"epoch": None, "metrics": {}})
-            rundir.write_atomic(self.out / rundir.SUMMARY, json.dumps(summary, indent=2))
+            atomic_write_text(self.out / rundir.SUMMARY, json.dumps(summary, indent=2))
             if self.cfg.plots:
                 rundir.write_plots(self.out)
         return summary

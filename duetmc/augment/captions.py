@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Protocol
 
 from duetmc.augment.vocab import OTHER, Vocabulary, default_vocabulary, normalise
 from duetmc.errors import DuetmcError
+from duetmc.atomic import atomic_write_text
 
 CAPTIONERS = ("template", "llm", "hf")
 
@@ -362,7 +362,9 @@ class LLMCaptioner:
                 problem = f"{type(exc).__name__}: {exc}"
             if problem is None:
                 if cache is not None:
-                    _write_atomic(cache, {"text": text, "model": self.config.model, "api": self.config.api})
+                    # whole or not at all: concurrent runs never read half a cache entry
+                    atomic_write_text(cache, json.dumps({"text": text, "model": self.config.model,
+                                                         "api": self.config.api}, ensure_ascii=False))
                 with self._lock:
                     self._failures_in_a_row = 0
                 return text
@@ -391,14 +393,6 @@ class LLMCaptioner:
             data = json.loads(resp.read().decode("utf-8"))
         choice = data["choices"][0]
         return choice["message"]["content"] if self.config.api == "chat" else choice["text"]
-
-
-def _write_atomic(path: Path, obj: dict) -> None:
-    """Write via a temporary file and rename, so concurrent runs never read half a cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- hf ---------------------------------------------------------------------------------------

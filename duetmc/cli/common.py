@@ -47,3 +47,14 @@ def stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def parse_layers(value: str | None):
+    """`--layers`: 'all' (or nothing) -> None, '0,6,-1' -> (0, 6, -1)."""
+    if value in (None, "all"):
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected 'all' or comma-separated integers, got {value!r}",
+                                 param_hint="'--layers'") from None

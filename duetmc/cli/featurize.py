@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from duetmc.cli.common import emit_json
+from duetmc.cli.common import emit_json, parse_layers
 
 GROUP_WRITABLE = click.option("--group-writable", is_flag=True,
                               help="Make the cache's files group-writable, so your lab group can co-own it.")
@@ -16,16 +16,6 @@ GROUP_WRITABLE = click.option("--group-writable", is_flag=True,
 @click.group()
 def featurize() -> None:
     """Run a locked encoder once and write its features into a Zarr cache."""
-
-
-def _layers(value: str | None):
-    if value in (None, "all"):
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected 'all' or comma-separated integers, got {value!r}",
-                                 param_hint="'--layers'") from None
 
 
 def _finish(summary, as_json: bool, allow_failures: bool, unit: str) -> None:
@@ -90,7 +80,7 @@ def audio_cmd(manifest, cache, encoder, encoder_path, revision, window_s, hop_s,
     from duetmc.featurize.audio import AudioFeaturizeConfig, featurize_audio
 
     config = AudioFeaturizeConfig(manifest, cache, encoder, encoder_path, revision, window_s, hop_s, tokens,
-                                  _layers(layers), batch_size, workers, task, device, dtype, rows_per_shard,
+                                  parse_layers(layers), batch_size, workers, task, device, dtype, rows_per_shard,
                                   progress=not as_json)
     with shared_files(group_writable, cache):
         summary = featurize_audio(config)
@@ -121,7 +111,7 @@ def text_cmd(input, cache, encoder, encoder_path, revision, layers, max_tokens, 
     from duetmc.cache_access import shared_files
     from duetmc.featurize.text import TextFeaturizeConfig, featurize_text
 
-    config = TextFeaturizeConfig(input, cache, encoder, encoder_path, revision, _layers(layers), max_tokens,
+    config = TextFeaturizeConfig(input, cache, encoder, encoder_path, revision, parse_layers(layers), max_tokens,
                                  tuple(languages.split(",")) if languages else None, batch_size, 1, task,
                                  device, dtype, progress=not as_json, text_set=text_set)
     with shared_files(group_writable, cache):

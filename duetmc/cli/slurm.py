@@ -6,14 +6,10 @@ import os
 
 import click
 
-from duetmc.cli.common import emit_json
+from duetmc.cli.common import emit_json, parse_layers
 
 # Options that only steer this command; a resubmission line leaves them out.
 _LOCAL_FLAGS = {"dry_run", "force", "only_incomplete", "as_json"}
-
-
-def _layers(value: str):
-    return None if value == "all" else tuple(int(v) for v in value.split(","))
 
 
 # `duetmc featurize` options the array tasks repeat: (flag, config field, click type, converter).
@@ -25,7 +21,7 @@ _FEATURIZE_OPTIONS = {
         ("--window", "window_s", float, float),
         ("--hop", "hop_s", float, float),
         ("--tokens", "tokens", int, int),
-        ("--layers", "layers", str, _layers),
+        ("--layers", "layers", str, parse_layers),
         ("--batch-size", "batch_size", int, int),
         ("--workers", "workers", int, int),
         ("--device", "device", str, str),
@@ -35,7 +31,7 @@ _FEATURIZE_OPTIONS = {
     "text": [
         ("--encoder-path", "encoder_path", str, str),
         ("--revision", "revision", str, str),
-        ("--layers", "layers", str, _layers),
+        ("--layers", "layers", str, parse_layers),
         ("--max-tokens", "max_tokens", int, int),
         ("--languages", "languages", str, lambda v: tuple(v.split(","))),
         ("--batch-size", "batch_size", int, int),

@@ -275,7 +275,9 @@ def _record_columns(records: list[TextRecord], row_of: dict[str, int]) -> dict[s
 def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
     group, encoder = prepare_text_cache(config)
     cache_spec.check_base_group(group, config.cache)
-    dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.dtype]
+    from duetmc.featurize.audio import COMPUTE_DTYPES  # one table for both featurizers and DuetModel
+
+    dtype = COMPUTE_DTYPES[config.dtype]
     encoder.model.to(config.device)
     attrs = dict(group.attrs)
     layers, T, batch_size = attrs["layers"], int(attrs["max_tokens"]), int(attrs["batch_size"])

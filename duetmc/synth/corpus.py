@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,6 +36,7 @@ from duetmc.synth.noise import TagNoise, observe_tags
 from duetmc.synth.variants import VARIANT_KINDS, variant_spec
 from duetmc.synth.render import FLUIDR3_GM, TIMGM6MB, Renderer, check_soundfont
 from duetmc.errors import DuetmcError
+from duetmc.atomic import atomic_write, atomic_write_text
 
 # bump when a change to composing or rendering makes old files stale; reruns then refuse the old dir
 GENERATOR_VERSION = 1
@@ -245,11 +245,8 @@ def _write_pairs(rows: list[dict], path: Path) -> None:
         if path.exists():
             path.unlink()
         return
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps({**r["pair"], "b": r["id"], "split": r["split"]}) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps({**r["pair"], "b": r["id"], "split": r["split"]}) + "\n"
+                                    for r in rows))
 
 
 def _claim_dir(config: SynthConfig) -> Path:
@@ -269,10 +266,7 @@ def _claim_dir(config: SynthConfig) -> Path:
                 f"use another --out, or delete the folder to rebuild it")
     config.out.mkdir(parents=True, exist_ok=True)
     row = {**content, **{k: getattr(config, k) for k in GROWABLE}}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(row, indent=2, sort_keys=True) + "\n")
 
 
 # --- per-process worker state: one renderer per soundfont, made on first use ---
@@ -388,15 +382,10 @@ def _render(cfg: SynthConfig, iid: str, split: str, audio: Path, pm, result: dic
         result["heldout_audio"] = str(held)
         todo.append((cfg.out / held, cfg.heldout_soundfont))
     if not mid.exists():
-        mid.parent.mkdir(parents=True, exist_ok=True)
-        pm.write(str(mid.with_suffix(".mid.tmp")))
-        os.replace(mid.with_suffix(".mid.tmp"), mid)
+        atomic_write(mid, lambda tmp: pm.write(str(tmp)))
     for path, soundfont in todo:
         if path.exists():
             continue
         x = _renderer(soundfont).render(pm, cfg.seconds)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".wav.tmp")
-        sf.write(tmp, x, cfg.sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: sf.write(tmp, x, cfg.sample_rate, subtype="PCM_16", format="WAV"))
         result["rendered"] = True
