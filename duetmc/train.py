@@ -78,6 +78,19 @@ def group_weights(index: PairIndex) -> dict:
             for m, g in (("audio", index.audio), ("text", index.text))}
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on the weight matrices of the linear maps and attention only.
+
+    Exempt, as is usual for Transformers: biases and LayerNorm gains (decay would fight the
+    normalisation), the CLS token and positions (embeddings, not maps), the layer aggregator's weights
+    (a weighted average of encoder layers, initialised uniform: decay would pull it towards silence)
+    and the temperature. In these heads that is exactly "2-D or not".
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if p.ndim == 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim != 2], "weight_decay": 0.0}]
+
+
 def make_source(indices: list[PairIndex], cfg: TrainConfig):
     """In memory when the selected arrays fit the budget, else streamed (duetmc.feature_source)."""
     return open_source(indices, cfg.mode, cfg.memory_budget_gb, cfg.device, cfg.stream_threads)
@@ -222,8 +235,7 @@ class Trainer:
         features = {"shapes": feature_shapes(self.indices, cfg.positions), "weights_sha256": group_weights(self.indices[0])}
         torch.manual_seed(cfg.seed)
         self.model = DuetHeads(rundir.heads_config(cfg, features["shapes"])).to(cfg.device)
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         existing = (self.out / rundir.CONFIG).exists()
         if self.world > 1:  # every rank decides "new or resumed" before rank 0 writes the config
             torch.distributed.barrier()

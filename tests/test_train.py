@@ -210,3 +210,22 @@ def test_two_process_ddp_matches_one_process(signal_cache, tmp_path):
     m1, m2 = ([json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("one", "two"))
     assert np.allclose([m["train_loss"] for m in m1], [m["train_loss"] for m in m2], rtol=1e-4)
     assert np.allclose([m["val_loss"] for m in m1], [m["val_loss"] for m in m2], rtol=1e-5)
+
+
+def test_weight_decay_only_on_weight_matrices():
+    from duetmc.heads.model import DuetHeads, HeadsConfig
+    from duetmc.train import param_groups
+
+    model = DuetHeads(HeadsConfig(audio_dim=16, audio_layers=3, text_dim=8, text_layers=2, learn_temperature=True,
+                                  text_max_tokens=5, audio_max_tokens=4))
+    decayed, exempt = param_groups(model, 0.05)
+    assert decayed["weight_decay"] == 0.05 and exempt["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    exempt_names = {names[id(p)] for p in exempt["params"]}
+    assert all(n.endswith(("linear.weight", "in_proj_weight", "out_proj.weight", "linear1.weight", "linear2.weight"))
+               for n in decayed_names)
+    for kept_out in ("log_logit_scale", "audio_aggregator.conv.weight", "text_projection.cls", "text_projection.pos",
+                     "audio_projection.encoder.layers.0.norm1.weight", "audio_projection.linear.bias"):
+        assert kept_out in exempt_names, kept_out
+    assert len(decayed_names) + len(exempt_names) == len(list(model.parameters()))
