@@ -52,7 +52,7 @@ def mert_config_problem(config: dict, sample_rate: int | None = None) -> str | N
         return (f"sample_rate is {config['sample_rate']}, not the encoder's {sample_rate}; "
                 "register the checkpoint under an encoder with that rate")
     known = _hubert_fields() | INERT_FIELDS | CHECKED_FIELDS
-    unknown = sorted(k for k in config if k not in known)
+    unknown = sorted(k for k in config if k not in known and not k.startswith("_"))  # _commit_hash ...
     if unknown:
         return (f"unknown field {unknown[0]}={config[unknown[0]]!r} (not a HubertConfig field; it may change "
                 "what MERT computes); check the checkpoint's modeling code and extend duetmc's MERT check")
