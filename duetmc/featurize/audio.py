@@ -103,6 +103,9 @@ def _tiny_hubert_dir() -> Path:
 def _load_hubert(name: str, spec: AudioEncoderSpec, source: str, revision: str | None) -> AudioEncoder:
     from transformers import HubertModel
 
+    from duetmc.featurize.mert_config import check_mert_config
+
+    check_mert_config(source, revision, spec.sample_rate)  # before the weights: refuse MERT-only computation
     model = strict_from_pretrained(HubertModel, source, revision=revision)
     cfg = model.config
 
