@@ -48,7 +48,7 @@ def main():
     shutil.rmtree(out, ignore_errors=True)
     duetmc = Path(sys.executable).with_name("duetmc")
     cmd = [str(duetmc), "ablate", "--cache", str(cache), "--out", str(out), "--seeds", "1", "--no-sweep",
-           "--epochs", str(args.epochs), "--patience", str(args.epochs), "--json"]
+           "--epochs", str(args.epochs), "--patience", str(args.epochs), "--queries", "all", "--json"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
     wall = time.perf_counter() - t0

@@ -70,6 +70,9 @@ class TrainConfig:
     prefetch: int = opt(4, "data", "Batches read ahead of the step.", resume="safe")
     # how the run executes
     device: str = opt("cpu", "run", "cpu, cuda, cuda:1 ...", resume="safe")
+    precision: str = opt("fp32", "run", "Arithmetic of the training step: fp32, or bf16 autocast (fast on CUDA "
+                                        "and on CPUs with AVX-512 BF16 or AMX; weights stay fp32).",
+                         choices=("fp32", "bf16"))
     val_every: int = opt(1, "run", "Validate every N epochs.", resume="safe")
     keep_epoch_checkpoints: bool = opt(True, "run", "Keep a checkpoint per epoch.", bool_flag=True, resume="safe")
     plots: bool = opt(True, "run", "Write loss.png and r10.png.", bool_flag=True, resume="safe")
@@ -100,6 +103,7 @@ class TrainConfig:
             ("prefetch", self.prefetch >= 1, "must be at least 1"),
             ("mode", self.mode in ("auto", "memory", "streaming"), "must be auto, memory or streaming"),
             ("report_to", self.report_to in ("none", "tensorboard"), "must be none or tensorboard"),
+            ("precision", self.precision in ("fp32", "bf16"), "must be fp32 or bf16"),
         ]
         for name, ok, what in checks:
             if not ok:

@@ -115,9 +115,25 @@ class PairForward(torch.nn.Module):
 
     def forward(self, audio, text, text_len, hard=None, hard_len=None):
         a = self.heads.encode_audio(audio)
-        t = self.heads.encode_text(text, text_len)
-        h = self.heads.encode_text(hard, hard_len) if hard is not None and hard.shape[0] else None
-        return a, t, h, self.heads.logit_scale()
+        if hard is None or not hard.shape[0]:
+            return a, self.heads.encode_text(text, text_len), None, self.heads.logit_scale()
+        # Positives and hard negatives in one text pass, so the length buckets span both.
+        tokens = max(text.shape[2], hard.shape[2])
+        with torch.autocast(text.device.type, enabled=False):  # a copy of float16 features, not maths
+            both = torch.cat([_pad_tokens(text, tokens), _pad_tokens(hard, tokens)])
+        t = self.heads.encode_text(both, torch.cat([text_len, hard_len]))
+        return a, t[: len(text)], t[len(text):], self.heads.logit_scale()
+
+
+def autocast(cfg: TrainConfig):
+    """bf16 autocast of the heads' forward (and so its backward) when `--precision bf16`."""
+    device_type = torch.device(cfg.device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+def _pad_tokens(x: torch.Tensor, tokens: int) -> torch.Tensor:
+    """`[B, L, T, D]` zero-padded to `tokens` along T (padding is masked by the lengths)."""
+    return torch.nn.functional.pad(x, (0, 0, 0, tokens - x.shape[2])) if x.shape[2] < tokens else x
 
 
 def fetch(source, spec: BatchSpec, lo: int, hi: int):
@@ -312,7 +328,9 @@ class Trainer:
         self.lr = learning_rate(step, steps_per_epoch, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        a, t, h, scale = self.net(audio, text, text_len, hard, hard_len)
+        with autocast(cfg):
+            a, t, h, scale = self.net(audio, text, text_len, hard, hard_len)
+        a, t, h = (None if x is None else x.float() for x in (a, t, h))  # the loss in fp32
         g = torch.Generator().manual_seed(cfg.seed * 7_919 + step) if h is not None else None
         hard_text, hard_mask, replace = textswap_negatives(h, valid, spec.hard_rows, g, self.rank, self.world)
         loss = contrastive_loss(a, t, scale, hard_text, hard_mask, replace, rank=self.rank, world_size=self.world)

@@ -229,3 +229,29 @@ def test_weight_decay_only_on_weight_matrices():
                      "audio_projection.encoder.layers.0.norm1.weight", "audio_projection.linear.bias"):
         assert kept_out in exempt_names, kept_out
     assert len(decayed_names) + len(exempt_names) == len(list(model.parameters()))
+
+
+def test_bf16_precision_trains_under_autocast_keeps_fp32_weights(signal_cache, tmp_path, monkeypatch):
+    seen = []
+    real = train_mod.DuetHeads.encode_audio
+
+    def spy(self, *args):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(self, *args)
+
+    monkeypatch.setattr(train_mod.DuetHeads, "encode_audio", spy)
+    run = tmp_path / "run"
+    train(small(signal_cache, run, epochs=6, batch_size=32, precision="bf16"))
+    steps = [s for s in seen if s[0]]
+    assert steps and set(steps) == {(True, torch.bfloat16)}
+    assert any(not on for on, _ in seen)  # validation embeds in fp32
+    tree = json.loads((run / "config.json").read_text())
+    assert tree["run"]["precision"] == "bf16"
+    assert {w.dtype for w in _weights(run, "best").values()} == {torch.float32}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_precision_must_be_fp32_or_bf16(signal_cache, tmp_path):
+    with pytest.raises(UsageError, match="--precision must be fp32 or bf16"):
+        small(signal_cache, tmp_path / "run", precision="fp16").validate()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from duetmc.heads.aggregator import LayerAggregator
+from duetmc.heads.buckets import encode_bucketed
 from duetmc.heads.projection import Projection
 
 # CLIP's cap on the learnable logit scale, so a learned temperature cannot collapse below 0.01.
@@ -76,8 +77,14 @@ class DuetHeads(nn.Module):
             raise ValueError(
                 f"{what} features must be [batch, layers, tokens, dim], got shape {tuple(x.shape)}"
             )
-        x = x.to(aggregator.conv.weight.dtype)  # the cache stores float16
-        return projection(aggregator(x), lengths)
+        dtype = aggregator.conv.weight.dtype  # the cache stores float16
+
+        def encode(xb, lb):
+            return projection(aggregator(xb.to(dtype)), lb)
+
+        if lengths is None:
+            return encode(x, None)
+        return encode_bucketed(encode, x, torch.as_tensor(lengths, device=x.device))
 
     def encode_audio(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, audio_layers, T, audio_dim]` -> `[B, dim]` unit vectors."""
