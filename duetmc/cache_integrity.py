@@ -9,6 +9,7 @@ and items it holds, so the owner knows what to re-featurize or re-copy.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -29,7 +30,8 @@ def _files(group: zarr.Group):
         if getattr(fs, "asynchronous", False):
             fs = type(fs)(**{**fs.storage_options, "asynchronous": False})
         return fs, f"{store.path.rstrip('/')}/{group.path}"
-    return fsspec.filesystem("file"), f"{store.root}/{group.path}"
+    # absolute: `find` lists absolute paths, and a relative root would cut them at the wrong place
+    return fsspec.filesystem("file"), os.path.abspath(f"{store.root}/{group.path}")
 
 
 def _sha256(fs, path: str) -> str:

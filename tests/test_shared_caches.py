@@ -456,3 +456,16 @@ def test_readers_keep_working_while_a_featurizer_appends(lab, tmp_path):
     assert reader.returncode == 0, err
     reads, usable = map(int, out.split())
     assert reads >= 3 and 8 <= usable <= 24
+
+
+def test_checksums_of_a_cache_opened_by_a_relative_path(lab, tmp_path, monkeypatch):
+    from duetmc.cache_integrity import CHECKSUM_ATTR, record_checksums
+
+    shutil.copytree(lab["cache"], tmp_path / "rel.zarr")
+    monkeypatch.chdir(tmp_path)
+    group = zarr.open_group("rel.zarr", mode="a")["audio/tiny-audio.w2.h2.t2.lall"]
+    recorded = dict(group.attrs[CHECKSUM_ATTR])
+    del group.attrs[CHECKSUM_ATTR]
+    assert record_checksums(group)
+    assert dict(group.attrs[CHECKSUM_ATTR]) == recorded  # the same file names and hashes as from an absolute path
+    assert "features/c/1/0/0/0" in recorded["files"]
