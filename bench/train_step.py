@@ -30,12 +30,14 @@ HERE = Path(__file__).resolve().parent.parent
 
 def measure(precision: str, steps: int, threads: int) -> dict:
     """In a worker process: samples/s and FLOPs of the training step at two points of the recipe."""
+    sys.path.insert(0, os.environ["DUETMC_BENCH_TREE"])  # ahead of the checkout common.py put first
     import torch
     from duetmc.config import TrainConfig
     from duetmc.pairs import resolve_spec
     from duetmc.sampler import epoch_batches
     from duetmc.train import Trainer, p_swap
 
+    assert Path(sys.modules["duetmc"].__file__).resolve().is_relative_to(Path(os.environ["DUETMC_BENCH_TREE"]).resolve())
     torch.set_num_threads(threads)
     kw = {} if precision == "default" else {"precision": precision}
     cfg = TrainConfig(data=[resolve_spec(CACHE)], out=f"/tmp/duetmc_step_{os.getpid()}", epochs=30,
@@ -87,7 +89,7 @@ def matmul_peak(threads: int) -> dict:
 
 
 def _worker(tree: str, args: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=f"{tree}:{HERE / 'bench'}", OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, DUETMC_BENCH_TREE=tree, OMP_WAIT_POLICY="PASSIVE")
     proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env,
                           cwd=tree)
     if proc.returncode:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from duetmc.heads.aggregator import LayerAggregator
 from duetmc.heads.model import DuetHeads, HeadsConfig
@@ -195,3 +196,17 @@ def test_config_validation():
         small_config(temperature=0.0)
     with pytest.raises(ValueError, match="divisible"):
         small_config(dim=15, heads=2)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_cls_only_last_layer_equals_the_full_encoders_cls_output(train_mode):
+    from duetmc.heads.projection import padding_mask
+
+    torch.manual_seed(0)
+    proj = Projection(12, 16, layers=2, heads=2, dropout=0.0 if train_mode else 0.1).train(train_mode)
+    x, lengths = torch.randn(7, 9, 12), torch.tensor([9, 3, 1, 5, 9, 2, 7])
+    token_pad = padding_mask(lengths, 9)
+    h = torch.cat([proj.cls.expand(7, -1, -1), proj.linear(x).masked_fill(token_pad.unsqueeze(-1), 0.0)], dim=1)
+    pad = torch.cat([torch.zeros(7, 1, dtype=torch.bool), token_pad], dim=1)
+    full = F.normalize(proj.encoder(h, src_key_padding_mask=pad)[:, 0], dim=-1)
+    torch.testing.assert_close(proj(x, lengths), full, atol=1e-6, rtol=1e-5)

@@ -18,6 +18,8 @@ output. Decisions worth knowing:
   token slots; the trainer sizes it to the text encoder's own limit (`heads.model.positional_sizes`).
   Longer inputs are then an error (runs saved with positions sized to their training texts still
   load and work up to that size) rather than silently truncated.
+- **Only the CLS output is computed in the last layer** (`cls_output`): the other positions' outputs
+  would be discarded, so they contribute keys and values only.
 - **Feed-forward width.** `ff_dim` defaults to `4 * dim` (1024), the usual Transformer ratio; with
   torch's default of 2048 the MERT-330M + CLIP-T heads would have ~5.7M trainable weights instead of
   the paper's "about 3M".
@@ -103,5 +105,22 @@ class Projection(nn.Module):
         h = torch.cat([self.cls.expand(b, -1, -1), h], dim=1)
         if self.pos is not None:
             h = h + self.pos[:, : t + 1]
-        h = self.encoder(h, src_key_padding_mask=pad)
-        return F.normalize(h[:, 0], dim=-1)
+        *first, last = self.encoder.layers
+        for layer in first:
+            h = layer(h, src_key_padding_mask=pad)
+        return F.normalize(cls_output(last, h, pad), dim=-1)
+
+
+def cls_output(layer: nn.TransformerEncoderLayer, h: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """`layer(h)[:, 0]`, computing only what the CLS position needs.
+
+    Only the CLS output is used, so in the last layer every other position needs just its key and
+    value: the queries, the attention output, the feed-forward block and both norms run for one
+    position. The same maths as `nn.TransformerEncoderLayer` (post-norm, as built above) with about 40 %
+    fewer FLOPs per token in a two-layer head.
+    """
+    cls = h[:, :1]
+    attn = layer.self_attn(cls, h, h, key_padding_mask=pad, need_weights=False)[0]
+    x = layer.norm1(cls + layer.dropout1(attn))
+    ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
+    return layer.norm2(x + layer.dropout2(ff))[:, 0]
