@@ -6,7 +6,7 @@ memory is bounded by the prefetch depth (and the reader's batch buffers), the tw
 though the caches differ several-fold; in-memory mode on the same caches is the contrast, growing with
 the cache. Peak RSS is the child's `ru_maxrss`.
 
-    .venv/bin/python bench/peak_memory.py [--quick] [--clips 256 1024 4096]
+    .venv/bin/python bench/peak_memory.py [--quick] [--clips 256 1024 4096] [--modes auto memory]
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--budget-gb", type=float, default=0.02, help="memory budget given to the trainer")
+    ap.add_argument("--modes", nargs="+", default=["auto", "memory"], choices=["auto", "memory"],
+                    help="auto streams under the budget; drop memory for caches that do not fit in RAM")
     ap.add_argument("--quick", action="store_true", help="256 and 1024 clips")
     ap.add_argument("--child", nargs=4, metavar=("CACHE", "MODE", "BUDGET", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -61,7 +63,7 @@ def main():
                         views=False, work=tmp / f"w{n}", splits=(0.1, 0.0))
             decoded_mb = n * 25 * args.tokens * 1024 * 2 / 2**20
             entry = {"clips": n, "decoded_audio_mb": decoded_mb, "on_disk_mb": du_bytes(cache) / 2**20}
-            for mode in ("auto", "memory"):
+            for mode in args.modes:
                 out = tmp / f"run{n}{mode}"
                 proc = subprocess.run([sys.executable, __file__, "--batch-size", str(args.batch_size), "--child",
                                        str(cache), mode, str(args.budget_gb), str(out)],

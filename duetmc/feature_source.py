@@ -160,23 +160,27 @@ class StreamingSource:
         arrays = self.audio if modality == "audio" else self.text
         ds, rows = np.asarray(ds), np.asarray(rows, dtype=np.int64)
         reads = self._reads(arrays, ds, rows, modality)
-
-        def read(rd):
-            direct = self.direct.get((modality, rd[0]))
-            if direct is not None:
-                return direct.read(rows[rd[3]]), True
-            index = self.indices[rd[0]]
-            return integrity.read_rows(arrays[rd[0]], rd[1], rd[2], index.where(modality),
-                                      self._items_of(index, modality)), False
-
-        blocks = self.pool.map(read, reads)
         shape = arrays[int(ds[0])].shape[1:]
         if pad_tokens is not None:
             shape = shape[:1] + (pad_tokens,) + shape[2:]
         x = np.zeros((len(rows),) + shape, dtype=arrays[int(ds[0])].dtype)
-        for (_, lo, _, pos), (block, in_order) in zip(reads, blocks):
-            block = block if in_order else block[rows[pos] - lo]
-            x[pos, :, : block.shape[2]] = block  # shorter texts of another cache: zero-padded
+
+        def read(rd):
+            """Decoded straight into x where the rows fit it; else returned to be copied in."""
+            d, lo, hi, pos = rd
+            direct = self.direct.get((modality, d))
+            if direct is not None and direct.row_shape == shape:
+                direct.read_into(rows[pos], x, pos)
+                return None
+            if direct is not None:
+                return direct.read(rows[pos]), True
+            index = self.indices[d]
+            return integrity.read_rows(arrays[d], lo, hi, index.where(modality), self._items_of(index, modality)), False
+
+        for (_, lo, _, pos), got in zip(reads, self.pool.map(read, reads)):
+            if got is not None:
+                block = got[0] if got[1] else got[0][rows[pos] - lo]
+                x[pos, :, : block.shape[2]] = block  # shorter texts of another cache: zero-padded
         self.rows_read += len(rows)
         self.bytes_read += x.nbytes
         return torch.from_numpy(x).to(self.device)
