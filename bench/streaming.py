@@ -32,7 +32,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cached_vs_online import Step  # noqa: E402
+from numcodecs import Zstd  # noqa: E402
+from numcodecs.zstd import decompress  # noqa: E402
+
 from duetmc.shard_reader import _EMPTY, ShardRows  # noqa: E402
+
+
+ZSTD = Zstd()
 
 
 class PerRowRows(ShardRows):
@@ -49,7 +55,7 @@ class PerRowRows(ShardRows):
                 offset, nbytes = index[int(r) - shard * self.rps]
                 if offset != _EMPTY:
                     chunk = os.pread(fd, int(nbytes), int(offset))
-                    raw = self.zstd.decode(chunk[:-4] if self.row_crc else chunk)  # (CRC check left out)
+                    raw = ZSTD.decode(chunk[:-4] if self.row_crc else chunk)  # (CRC check left out)
                     block[j] = np.frombuffer(raw, dtype=self.dtype).reshape(self.row_shape)
         finally:
             os.close(fd)
@@ -69,18 +75,16 @@ def frame_bytes(src, specs) -> int:
 
 def zstd_floor(src) -> dict:
     """Every frame of the shard files decoded in one thread into a reused buffer: the decode floor."""
-    from numcodecs import Zstd
-
-    zstd, blobs = Zstd(), []
+    blobs = []
     for reader in src.direct.values():
         for shard, index in reader.indices.items():
-            data = reader._path(shard).read_bytes()
+            data = Path(reader._path(shard)).read_bytes()
             size = int(np.prod(reader.row_shape)) * reader.dtype.itemsize
             blobs += [(data, int(o), int(n) - 4 * reader.row_crc, size) for o, n in index if o != _EMPTY]
     out = np.empty(max(b[3] for b in blobs), dtype=np.uint8)
     t0, c0 = time.perf_counter(), time.process_time()
     for data, offset, n, size in blobs:
-        zstd.decode(memoryview(data)[offset:offset + n], out=out[:size])
+        decompress(memoryview(data)[offset:offset + n], out[:size])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     decoded = sum(b[3] for b in blobs) / 2**20
     return {"decoded_mb": decoded, "decoded_mb_s_wall": decoded / wall, "decoded_mb_s_cpu": decoded / cpu}

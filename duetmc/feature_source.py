@@ -125,7 +125,7 @@ class StreamingSource:
         self.direct = {(m, d): ShardRows(ix.group(m)["features"], ix.where(m), self._items_of(ix, m))
                        for d, ix in enumerate(indices) for m in ("audio", "text")
                        if direct and ShardRows.supports(ix.group(m)["features"])}
-        self.text_len = [torch.from_numpy(ix.text_lengths.astype(np.int64)) for ix in indices]
+        self.text_len = [ix.text_lengths.astype(np.int64) for ix in indices]
         self.text_tokens = max(ix.text_shape[1] for ix in indices)
         self.device = device
         if len(self.direct) == 2 * len(indices):  # CPU-bound reads (pread + decode): more threads than cores contend
@@ -189,7 +189,11 @@ class StreamingSource:
         return self._read("audio", ds, rows)
 
     def text_batch(self, ds, rows):
-        lens = torch.stack([self.text_len[d][int(r)] for d, r in zip(ds, rows)]).to(self.device)
+        ds, rows = np.asarray(ds), np.asarray(rows, dtype=np.int64)
+        lens = np.zeros(len(rows), dtype=np.int64)
+        for d in np.unique(ds):
+            lens[ds == d] = self.text_len[d][rows[ds == d]]
+        lens = torch.from_numpy(lens).to(self.device)
         return self._read("text", ds, rows, self.text_tokens), lens
 
     def close(self):

@@ -36,7 +36,8 @@ class ShardRows:
     """Reads rows of one sharded feature array from its shard files."""
 
     def __init__(self, arr, where: str, items_of: ItemsOf):
-        from numcodecs import CRC32C, Zstd
+        from numcodecs import CRC32C
+        from numcodecs.zstd import decompress
 
         self.arr, self.where, self.items_of = arr, where, items_of
         self.rps = rows_per_shard(arr)
@@ -44,10 +45,11 @@ class ShardRows:
         self.dtype = np.dtype(arr.dtype).newbyteorder("<")
         self.root = Path(arr.store.root) / arr.store_path.path
         self.encode_key = arr.metadata.chunk_key_encoding.encode_chunk_key
-        self.zstd, self.crc = Zstd(), CRC32C()
+        self.decompress, self.crc = decompress, CRC32C()  # the codec's function: no per-call wrapping
         # caches written since checksums were added carry a CRC32C after each row's zstd frame
         self.row_crc = _codec_names(arr.metadata.codecs[0].codecs)[-1][0] == "Crc32cCodec"
         self.indices: dict[int, np.ndarray] = {}  # shard -> [rps, 2] (offset, nbytes); 16 bytes per row
+        self.paths: dict[int, str] = {}
         self.lock = threading.Lock()
 
     @staticmethod
@@ -73,8 +75,11 @@ class ShardRows:
         rows = np.arange(shard * self.rps, min((shard + 1) * self.rps, self.arr.shape[0]))
         return CacheError(damage_message(self.where, {shard: rows}, self.items_of, problem))
 
-    def _path(self, shard: int) -> Path:
-        return self.root / self.encode_key((shard,) + (0,) * len(self.row_shape))
+    def _path(self, shard: int) -> str:
+        path = self.paths.get(shard)
+        if path is None:
+            path = self.paths[shard] = str(self.root / self.encode_key((shard,) + (0,) * len(self.row_shape)))
+        return path
 
     def _index(self, shard: int, fd: int) -> np.ndarray:
         index = self.indices.get(shard)
@@ -98,9 +103,9 @@ class ShardRows:
                 raise ValueError("stored and computed CRC32C differ")
         frame = memoryview(buf)[start:end]
         if _content_size(frame) == dest.nbytes:
-            self.zstd.decode(frame, out=dest)
+            self.decompress(frame, dest)
         else:  # size unknown from the header, or wrong: decode to learn it
-            raw = self.zstd.decode(frame)
+            raw = self.decompress(frame)
             if len(raw) != dest.nbytes:
                 raise ValueError(f"decoded {len(raw)} bytes, expected {dest.nbytes}")
             dest[...] = np.frombuffer(raw, dtype=self.dtype).reshape(dest.shape)
