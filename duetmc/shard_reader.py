@@ -24,7 +24,7 @@ import numpy as np
 from duetmc.cache_spec import CacheError
 from duetmc.integrity import ItemsOf, damage_message, rows_per_shard
 
-_EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk never written: the fill value
+_EMPTY = 2**64 - 1  # index entry of a chunk never written: the fill value
 GAP = 64 << 10  # rows of a shard whose frames lie closer than this share one pread
 
 
@@ -50,6 +50,7 @@ class ShardRows:
         self.row_crc = _codec_names(arr.metadata.codecs[0].codecs)[-1][0] == "Crc32cCodec"
         self.indices: dict[int, np.ndarray] = {}  # shard -> [rps, 2] (offset, nbytes); 16 bytes per row
         self.paths: dict[int, str] = {}
+        self.header = b""  # zstd frame header (magic .. content size) of a row decoded once
         self.lock = threading.Lock()
 
     @staticmethod
@@ -102,8 +103,11 @@ class ShardRows:
             if np.uint32(google_crc32c.value(buf[start:end])).tobytes() != buf[end:end + 4]:
                 raise ValueError("stored and computed CRC32C differ")
         frame = memoryview(buf)[start:end]
-        if _content_size(frame) == dest.nbytes:
+        if self.header and buf.startswith(self.header, start):  # the frame header every row of this array has
             self.decompress(frame, dest)
+        elif _content_size(frame) == dest.nbytes:
+            self.decompress(frame, dest)
+            self.header = bytes(frame[:_header_size(frame)])  # the rows' header, checked in C from now on
         else:  # size unknown from the header, or wrong: decode to learn it
             raw = self.decompress(frame)
             if len(raw) != dest.nbytes:
@@ -124,42 +128,48 @@ class ShardRows:
         except FileNotFoundError:
             raise self._damaged(shard, "has no file (deleted while reading)") from None
         try:
-            entries = self._index(shard, fd)[np.asarray(rows, dtype=np.int64) - shard * self.rps]
-            written = entries[:, 0] != _EMPTY
-            out[np.asarray(pos)[~written]] = 0  # never written: the fill value, as zarr returns it
-            for run in _runs(entries, np.flatnonzero(written)):
-                lo = int(entries[run[0], 0])
-                buf = os.pread(fd, int(entries[run[-1]].sum()) - lo, lo)
-                for j in run:
-                    start = int(entries[j, 0]) - lo
-                    try:
-                        self._decode_into(buf, start, start + int(entries[j, 1]), out[pos[j]])
-                    except Exception as exc:  # a damaged chunk: wrong size, not zstd, bad checksum
-                        raise self._damaged(shard, f"cannot be read (row {int(rows[j])}: {exc})") from None
+            entries = self._index(shard, fd)[np.asarray(rows) - shard * self.rps].tolist()  # Python ints: cheap below
+            frames = sorted((*e, p, r) for e, p, r in zip(entries, np.asarray(pos).tolist(), np.asarray(rows).tolist()))
+            run: list[tuple] = []
+            for frame in frames:
+                if frame[0] == _EMPTY:
+                    out[frame[2]] = 0  # never written: the fill value, as zarr returns it
+                    continue
+                if run and frame[0] - (run[-1][0] + run[-1][1]) > GAP:
+                    self._read_run(fd, shard, run, out)
+                    run = []
+                run.append(frame)
+            if run:
+                self._read_run(fd, shard, run, out)
         finally:
             os.close(fd)
 
+    def _read_run(self, fd: int, shard: int, run: list[tuple], out: np.ndarray) -> None:
+        """One pread covering frames (offset, nbytes, position, row) sorted by offset, each decoded into out."""
+        lo = run[0][0]
+        buf = os.pread(fd, run[-1][0] + run[-1][1] - lo, lo)
+        for offset, nbytes, p, r in run:
+            try:
+                self._decode_into(buf, offset - lo, offset - lo + nbytes, out[p])
+            except Exception as exc:  # a damaged chunk: wrong size, not zstd, bad checksum
+                raise self._damaged(shard, f"cannot be read (row {r}: {exc})") from None
 
-def _runs(entries: np.ndarray, todo: np.ndarray) -> list[np.ndarray]:
-    """`todo` (indices into entries) sorted by offset, split where frames lie more than GAP bytes apart:
-    one pread per run reads at most GAP wasted bytes between two frames it needs."""
-    if not len(todo):
-        return []
-    todo = todo[np.argsort(entries[todo, 0], kind="stable")]
-    ends = entries[todo, 0] + entries[todo, 1]
-    breaks = np.flatnonzero(entries[todo[1:], 0].astype(np.int64) - ends[:-1].astype(np.int64) > GAP) + 1
-    return np.split(todo, breaks)
+
+def _header_size(frame: memoryview) -> int:
+    """Bytes from a zstd frame's magic number to the end of its content-size field (RFC 8878 §3.1.1.1)."""
+    fhd = frame[4]
+    single = (fhd >> 5) & 1
+    return 5 + (not single) + (0, 1, 2, 4)[fhd & 3] + ((0, 2, 4, 8)[fhd >> 6] or single)
 
 
 def _content_size(frame: memoryview) -> int | None:
-    """Decoded size from a zstd frame header (RFC 8878 §3.1.1.1), None when absent or not a frame."""
+    """Decoded size from a zstd frame header, None when absent or not a frame."""
     if len(frame) < 6 or frame[:4] != b"\x28\xb5\x2f\xfd":
         return None
     fhd = frame[4]
-    single, fcs_flag = (fhd >> 5) & 1, fhd >> 6
-    size = (0, 2, 4, 8)[fcs_flag] or single  # flag 0: one byte only in single-segment frames
-    at = 5 + (not single) + (0, 1, 2, 4)[fhd & 3]
-    if not size or len(frame) < at + size:
+    size = (0, 2, 4, 8)[fhd >> 6] or (fhd >> 5) & 1  # flag 0: one byte only in single-segment frames
+    end = _header_size(frame)
+    if not size or len(frame) < end:
         return None
-    value = int.from_bytes(frame[at:at + size], "little")
+    value = int.from_bytes(frame[end - size:end], "little")
     return value + 256 if size == 2 else value
