@@ -125,7 +125,7 @@ class StreamingSource:
         self.direct = {(m, d): ShardRows(ix.group(m)["features"], ix.where(m), self._items_of(ix, m))
                        for d, ix in enumerate(indices) for m in ("audio", "text")
                        if direct and ShardRows.supports(ix.group(m)["features"])}
-        self.text_len = [torch.from_numpy(ix.text_lengths.astype(np.int64)) for ix in indices]
+        self.text_len = [ix.text_lengths.astype(np.int64) for ix in indices]
         self.text_tokens = max(ix.text_shape[1] for ix in indices)
         self.device = device
         if len(self.direct) == 2 * len(indices):  # CPU-bound reads (pread + decode): more threads than cores contend
@@ -160,23 +160,27 @@ class StreamingSource:
         arrays = self.audio if modality == "audio" else self.text
         ds, rows = np.asarray(ds), np.asarray(rows, dtype=np.int64)
         reads = self._reads(arrays, ds, rows, modality)
-
-        def read(rd):
-            direct = self.direct.get((modality, rd[0]))
-            if direct is not None:
-                return direct.read(rows[rd[3]]), True
-            index = self.indices[rd[0]]
-            return integrity.read_rows(arrays[rd[0]], rd[1], rd[2], index.where(modality),
-                                      self._items_of(index, modality)), False
-
-        blocks = self.pool.map(read, reads)
         shape = arrays[int(ds[0])].shape[1:]
         if pad_tokens is not None:
             shape = shape[:1] + (pad_tokens,) + shape[2:]
         x = np.zeros((len(rows),) + shape, dtype=arrays[int(ds[0])].dtype)
-        for (_, lo, _, pos), (block, in_order) in zip(reads, blocks):
-            block = block if in_order else block[rows[pos] - lo]
-            x[pos, :, : block.shape[2]] = block  # shorter texts of another cache: zero-padded
+
+        def read(rd):
+            """Decoded straight into x where the rows fit it; else returned to be copied in."""
+            d, lo, hi, pos = rd
+            direct = self.direct.get((modality, d))
+            if direct is not None and direct.row_shape == shape:
+                direct.read_into(rows[pos], x, pos)
+                return None
+            if direct is not None:
+                return direct.read(rows[pos]), True
+            index = self.indices[d]
+            return integrity.read_rows(arrays[d], lo, hi, index.where(modality), self._items_of(index, modality)), False
+
+        for (_, lo, _, pos), got in zip(reads, self.pool.map(read, reads)):
+            if got is not None:
+                block = got[0] if got[1] else got[0][rows[pos] - lo]
+                x[pos, :, : block.shape[2]] = block  # shorter texts of another cache: zero-padded
         self.rows_read += len(rows)
         self.bytes_read += x.nbytes
         return torch.from_numpy(x).to(self.device)
@@ -185,7 +189,11 @@ class StreamingSource:
         return self._read("audio", ds, rows)
 
     def text_batch(self, ds, rows):
-        lens = torch.stack([self.text_len[d][int(r)] for d, r in zip(ds, rows)]).to(self.device)
+        ds, rows = np.asarray(ds), np.asarray(rows, dtype=np.int64)
+        lens = np.zeros(len(rows), dtype=np.int64)
+        for d in np.unique(ds):
+            lens[ds == d] = self.text_len[d][rows[ds == d]]
+        lens = torch.from_numpy(lens).to(self.device)
         return self._read("text", ds, rows, self.text_tokens), lens
 
     def close(self):

@@ -177,3 +177,43 @@ def test_direct_shard_reads_equal_zarr_reads(tmp_path):
     fresh = ShardRows(arr, "g/features", lambda rows: [f"item{r}" for r in rows])
     with pytest.raises(CacheError, match=r"g/features: shard 1 cannot be read \(shard index"):
         fresh.read(np.array([16]))
+
+
+def test_direct_reads_decode_in_place_with_one_pread_per_run(tmp_path, monkeypatch):
+    from duetmc import shard_reader
+    from duetmc.cache_spec import create_array
+    from duetmc.shard_reader import ShardRows
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    arr = create_array(group, "features", (32, 2, 3, 4), "float16", (1, 2, 3, 4), ("w", "l", "t", "d"),
+                       shards=(16, 2, 3, 4))
+    data = np.random.default_rng(1).standard_normal((30, 2, 3, 4)).astype(np.float16)
+    arr[:30] = data  # rows 30, 31 never written: zeros
+    reader = ShardRows(arr, "g/features", lambda rows: [f"item{r}" for r in rows])
+    sizes = []
+    pread = shard_reader.os.pread
+    monkeypatch.setattr(shard_reader.os, "pread", lambda fd, n, at: sizes.append(n) or pread(fd, n, at))
+    out = np.full((6, 2, 3, 4), 7, dtype=np.float16)
+    reader.read_into(np.array([16, 31, 17, 16, 30]), out, np.array([5, 0, 3, 1, 2]))
+    np.testing.assert_array_equal(out[[5, 3, 1]], data[[16, 17, 16]])
+    assert not out[[0, 2]].any() and (out[4] == 7).all()  # fill value written; other rows untouched
+    assert len(sizes) == 2  # the shard index, then rows 16-17 in one read
+    sizes.clear()
+    monkeypatch.setattr(shard_reader, "GAP", 0)
+    np.testing.assert_array_equal(reader.read(np.array([15, 0, 14])), data[[15, 0, 14]])
+    assert len(sizes) == 1 + 2  # the shard index, then rows 0 and 14-15: frames not adjacent are not read
+
+
+def test_a_chunk_of_the_wrong_size_is_named(tmp_path):
+    from duetmc.cache_spec import create_array
+    from duetmc.shard_reader import ShardRows
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    small = create_array(group, "small", (16, 2, 3, 4), "float16", (1, 2, 3, 4), ("w", "l", "t", "d"), shards=(16, 2, 3, 4))
+    big = create_array(group, "big", (16, 2, 3, 5), "float16", (1, 2, 3, 5), ("w", "l", "t", "d"), shards=(16, 2, 3, 5))
+    small[:] = np.ones((16, 2, 3, 4), dtype=np.float16)
+    big[:] = np.ones((16, 2, 3, 5), dtype=np.float16)
+    shutil.copy(tmp_path / "g.zarr" / "small" / "c" / "0" / "0" / "0" / "0",
+                tmp_path / "g.zarr" / "big" / "c" / "0" / "0" / "0" / "0")  # valid frames, checksums, index
+    with pytest.raises(CacheError, match=r"g/big: shard 0 cannot be read \(row 3: decoded 48 bytes, expected 60\)"):
+        ShardRows(big, "g/big", lambda rows: [f"item{r}" for r in rows]).read(np.array([3]))
