@@ -183,7 +183,7 @@ class StreamingSource:
                 x[pos, :, : block.shape[2]] = block  # shorter texts of another cache: zero-padded
         self.rows_read += len(rows)
         self.bytes_read += x.nbytes
-        return torch.from_numpy(x).to(self.device)
+        return to_device(torch.from_numpy(x), self.device)
 
     def audio_batch(self, ds, rows):
         return self._read("audio", ds, rows)
@@ -193,11 +193,19 @@ class StreamingSource:
         lens = np.zeros(len(rows), dtype=np.int64)
         for d in np.unique(ds):
             lens[ds == d] = self.text_len[d][rows[ds == d]]
-        lens = torch.from_numpy(lens).to(self.device)
+        lens = to_device(torch.from_numpy(lens), self.device)
         return self._read("text", ds, rows, self.text_tokens), lens
 
     def close(self):
         self.pool.shutdown()
+
+
+def to_device(x: torch.Tensor, device: str) -> torch.Tensor:
+    """A host batch onto the device: on CUDA through pinned memory with a non-blocking copy, so the
+    reader thread's copy overlaps the step's kernels."""
+    if torch.device(device).type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 def trim_padding(text: torch.Tensor, lengths: torch.Tensor):
