@@ -7,7 +7,8 @@ Audio input: N synthetic 10 s clips, 44.1 kHz stereo FLAC (tones plus noise), so
 downmixes and resamples like real files. Text input: a manifest of captions and tag lists (~15
 tokens) plus a tenth of long captions (~60-90 tokens). Every run is its own subprocess (so the
 previous commit's code can run too), writes a fresh cache, and is timed inside, from the cache plan
-(encoder load, header scans) to the last write. Reports items/s, the time shares (plan, decode or
+(encoder load, header scans) to the last write; imports (torch, transformers' model modules: seconds
+on this box, paid once per process by every path) are not timed. Reports items/s, the time shares (plan, decode or
 tokenise, encoder, write) and the largest feature difference between the paths.
 
     .venv/bin/python bench/featurize.py [--quick] [--repeat 3] [--before /tmp/feat_before]
@@ -151,7 +152,7 @@ def featurizer(manifest: str, cache: str, encoder_name: str) -> dict:
 def worker(kind: str, manifest: str, cache: str, encoder_name: str) -> None:
     import duetmc.featurize.audio  # noqa: F401 (imports are the interpreter's cost, not the featurizer's)
     import duetmc.featurize.text  # noqa: F401
-    import transformers  # noqa: F401
+    from transformers import AutoModel, CLIPTextModel, HubertModel  # noqa: F401 (lazy modules: seconds)
 
     t0 = time.perf_counter()
     if kind == "featurizer":
@@ -213,7 +214,7 @@ def share_text(e: dict) -> str:
     s, total = e["shares_s"], e["seconds"]["median"]
     if "encoder" not in s:
         return "(no timers)"
-    plan = total - s.get("rows", total - sum(s.values()))
+    plan = total - s.get("rows", sum(s.values()))
     parts = [f"plan+load {plan / total:.0%}"] + [f"{k} {s[k] / total:.0%}" for k in ("decode", "wait", "encoder", "write")
                                                   if k in s]
     return ", ".join(parts)
