@@ -248,6 +248,7 @@ def main():
                     sp = e["plain"]["seconds"]["median"] / e[v]["seconds"]["median"]
                     lines.append(f"| {name} ({n}) | {v} | {fmt(e[v]['seconds'])} | {e[v]['items_per_s']:.1f} {unit} "
                                  f"| **{sp:.2f}x** | {share_text(e[v])} | {e[v]['max_abs_diff_vs_plain']:.2g} |")
+            print("\n".join(lines[-len(e) + 1:]), file=sys.stderr, flush=True)  # as each encoder finishes
         md = ("| encoder (items) | path | seconds | throughput | vs plain | time shares | max diff vs plain |\n"
               "|---|---|---|---|---|---|---|\n" + "\n".join(lines))
         emit("featurize", result, md)
