@@ -438,7 +438,10 @@ def window_features(encoder: AudioEncoder, wavs: list[np.ndarray], layers: list[
                     device: str = "cpu", dtype: torch.dtype = torch.float32) -> np.ndarray:
     """Equal-length windows -> the cached features [W, layers, tokens, D] in float32 (before float16
     storage); DuetModel.embed_audio runs exactly this."""
-    x = torch.from_numpy(np.stack(wavs)).to(device, dtype)
+    x = torch.from_numpy(np.stack(wavs))
+    if torch.device(device).type == "cuda":  # pinned: the host-to-device copy runs asynchronously
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True).to(dtype)
     return time_pool(encoder(x)[:, layers].float(), tokens).cpu().numpy()
 
 

@@ -5,8 +5,9 @@ so a run killed at any point and rerun writes exactly the bytes an uninterrupted
 not yet done are written, so rows appended to a plan never rewrite finished ones. Each shard is
 claimed (duetmc.featurize.locks) before its done flags are read, so several processes can work on
 one cache: a shard claimed by another process is left to it and revisited at the end, waiting for the
-claim, so every process returns only when all its shards are finished. A batch commits its features,
-reads them back, and only then sets its done flags: "done" means "verified written".
+claim, so every process returns only when all its shards are finished. A shard's rows are buffered and
+written once (a zarr shard is one object: per-batch writes rewrite it once per batch), read back, and
+only then get their done flags: "done" means "verified written", and a kill loses at most one shard.
 Preparation (decode, resample, tokenise) runs ahead in a thread pool while the encoder runs.
 """
 
@@ -64,6 +65,8 @@ class RunSummary:
     waited_for: list[str] = field(default_factory=list)  # shards another process held when we came
     plan: dict | None = None  # what a re-plan added, changed, kept and removed
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    # seconds: decode/tokenise (worker threads, overlapped), waiting on them, encoder, store writes
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("decode", "wait", "encoder", "write"), 0.0))
 
     def to_json(self) -> dict:
         out = {"done": self.done, "failed": self.failed, "skipped": self.skipped,
@@ -102,56 +105,104 @@ class Job:
     label: Callable[[int], str]
 
 
-def _commit(group: zarr.Group, batch: list[int], pending: np.ndarray, feats, failed: dict) -> dict:
-    """Write the pending rows of a batch, read them back, then set their done flags."""
-    features, done, failure = group["features"], group["done"], group["failure"]
-    lo, hi = batch[0], batch[-1] + 1
-    failed = dict(failed)
-    if feats is not None:
-        feats = feats.astype(features.dtype, copy=False)
-        if pending.all():
-            features[lo:hi] = feats
-        else:
-            for k in np.flatnonzero(pending):
-                features[lo + k] = feats[k]
-        back = features[lo:hi]
-        for k in np.flatnonzero(pending):
-            if batch[k] not in failed and not np.array_equal(back[k], feats[k]):
-                failed[batch[k]] = "written features did not read back equal; rerun featurize"
-    ok = np.array([r not in failed for r in batch]) & pending
-    reasons = np.array([failed.get(r, "") for r in batch], dtype=object)
-    if pending.all():
-        done[lo:hi] = ok
-        failure[lo:hi] = reasons
-    else:
-        for k in np.flatnonzero(pending):
-            done[lo + k], failure[lo + k] = bool(ok[k]), reasons[k]
-    return {r: failed[r] for r, p in zip(batch, pending) if p and r in failed}
+SHARD_BUFFER_BYTES = 256 << 20  # a shard's pending features are written at once up to this size
+
+
+class _ShardWriter:
+    """A shard's computed rows, buffered and written as one store write (a zarr shard is one object:
+    writing it batch by batch rewrites it once per batch). Done flags follow each write's read-back,
+    so a kill loses at most the unwritten part of one shard; resume is at shard granularity."""
+
+    def __init__(self, group: zarr.Group, lo: int, hi: int, done_now: np.ndarray):
+        self.group, self.lo, self.hi, self.done_now = group, lo, hi, done_now
+        features = group["features"]
+        # rows already done (or retired) keep their stored bytes: start from the stored shard
+        self.buf = (np.zeros((hi - lo,) + features.shape[1:], features.dtype) if not done_now.any()
+                    else np.asarray(features[lo:hi]))
+        self.failure = np.asarray(group["failure"][lo:hi], dtype=object)
+        self.fresh: dict[int, str] = {}  # row -> failure reason ("" when computed fine), not yet written
+
+    def add(self, batch: list[int], pending: np.ndarray, feats, failed: dict) -> None:
+        for k, r in enumerate(batch):
+            if not pending[k]:
+                continue
+            if feats is not None:
+                self.buf[r - self.lo] = feats[k]
+            self.fresh[r] = failed.get(r, "" if feats is not None else "not computed")
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.fresh) * self.buf[0].nbytes
+
+    def flush(self) -> dict[int, str]:
+        """Write the buffered shard, read it back, then set the done flags. Returns {row: reason} failed."""
+        if not self.fresh:
+            return {}
+        features, lo, hi = self.group["features"], self.lo, self.hi
+        features[lo:hi] = self.buf
+        back = np.asarray(features[lo:hi])
+        failed = {}
+        for r, reason in self.fresh.items():
+            if not reason and not np.array_equal(back[r - lo], self.buf[r - lo]):
+                reason = "written features did not read back equal; rerun featurize"
+            self.failure[r - lo] = reason
+            self.done_now[r - lo] = not reason
+            if reason:
+                failed[r] = reason
+        self.group["failure"][lo:hi] = self.failure
+        self.group["done"][lo:hi] = self.done_now
+        self.fresh = {}
+        return failed
+
+
+def _timed(fn, arg, acc: list):
+    t0 = time.perf_counter()
+    try:
+        return fn(arg)
+    finally:
+        acc.append(time.perf_counter() - t0)  # list.append is atomic under the GIL
 
 
 def _run_shard(group, s, lohi, job: Job, pool, prefetch: int, summary: RunSummary, bar) -> None:
     lo, hi = lohi
-    done_now = np.asarray(group["done"][lo:hi], dtype=bool)  # read under the claim
+    done_now = np.asarray(group["done"][lo:hi], dtype=bool).copy()  # read under the claim
     todo = []
     for batch in job.batches_of(lo, hi):
         pending = ~done_now[np.asarray(batch) - lo]
         summary.skipped += int((~pending).sum())
         if pending.any():
             todo.append((batch, pending))
-    futures: list[Future] = [pool.submit(job.prepare, b) for b, _ in todo[:prefetch]]
+    if not todo:
+        return
+    t, decode = summary.timings, []
+    writer = _ShardWriter(group, lo, hi, done_now)
+    futures: list[Future] = [pool.submit(_timed, job.prepare, b, decode) for b, _ in todo[:prefetch]]
+    written = 0
     for i, (batch, pending) in enumerate(todo):
         if i + prefetch < len(todo):
-            futures.append(pool.submit(job.prepare, todo[i + prefetch][0]))
-        fut = futures.pop(0)
+            futures.append(pool.submit(_timed, job.prepare, todo[i + prefetch][0], decode))
+        t0, t1 = time.perf_counter(), None
         try:
-            feats, failed = job.compute(batch, fut.result())
+            prepared = futures.pop(0).result()
+            t1 = time.perf_counter()
+            feats, failed = job.compute(batch, prepared)
         except Exception as exc:  # one bad batch never loses the others' work
             feats, failed = None, {r: f"{type(exc).__name__}: {exc}" for r in batch}
-        failed = _commit(group, batch, pending, feats, failed)
-        summary.done += int(pending.sum()) - len(failed)
-        summary.failed += len(failed)
-        summary.failures.extend((job.label(r), reason) for r, reason in failed.items())
-        bar.update(int(pending.sum()))
+        t2 = time.perf_counter()
+        t1 = t1 or t2
+        t["wait"] += t1 - t0
+        t["encoder"] += t2 - t1
+        writer.add(batch, pending, feats, failed)
+        written += int(pending.sum())
+        if writer.nbytes >= SHARD_BUFFER_BYTES or i == len(todo) - 1:
+            failed = writer.flush()
+            t["write"] += time.perf_counter() - t2
+            summary.done += written - len(failed)
+            summary.failed += len(failed)
+            summary.failures.extend((job.label(r), reason) for r, reason in failed.items())
+            bar.update(written)
+            written = 0
+    t["decode"] += sum(decode)
 
 
 def run_rows(group: zarr.Group, shards: Sequence[int], job: Job, claims: ShardClaims, workers: int = 2,

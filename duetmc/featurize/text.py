@@ -61,14 +61,24 @@ class TextEncoder:
         enc = self.tokenizer(texts, truncation=True, max_length=max_tokens)
         return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int32)
 
-    @torch.inference_mode()
-    def __call__(self, texts: list[str], layers: list[int], max_tokens: int, device="cpu", dtype=torch.float32):
+    def tokenize(self, texts: list[str], max_tokens: int, device="cpu") -> dict[str, torch.Tensor]:
+        """Padded ids and mask; pinned on CUDA so the copy in `encode` overlaps (runs in a worker thread)."""
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        if torch.device(device).type == "cuda":
+            enc = {k: v.pin_memory() for k, v in enc.items()}
+        return enc
+
+    @torch.inference_mode()
+    def encode(self, enc: dict[str, torch.Tensor], layers: list[int], device="cpu", dtype=torch.float32):
+        enc = {k: v.to(device, non_blocking=True) for k, v in enc.items()}
         with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
             out = self.model(**enc, output_hidden_states=True)
         picked = [out.last_hidden_state if li == -1 else out.hidden_states[li] for li in layers]
         return torch.stack(picked, dim=1).float(), enc["attention_mask"].sum(1)
+
+    def __call__(self, texts: list[str], layers: list[int], max_tokens: int, device="cpu", dtype=torch.float32):
+        return self.encode(self.tokenize(texts, max_tokens, device), layers, device, dtype)
 
 
 def _tiny_clip_dir() -> Path:
@@ -283,19 +293,22 @@ def featurize_text(config: TextFeaturizeConfig) -> RunSummary:
     layers, T, batch_size = attrs["layers"], int(attrs["max_tokens"]), int(attrs["batch_size"])
     texts = cache_spec.read_strings(group["texts"])
 
-    def compute(rows, _prepared):
-        feats, lens = encoder([str(texts[r]) for r in rows], layers, T, config.device, dtype)
-        out = np.zeros((len(rows), len(layers), T, encoder.dim), dtype=np.float32)
-        out[:, :, : feats.shape[2]] = feats.cpu().numpy()
-        for k, n in enumerate(lens.tolist()):  # padding positions carry no information: store zeros
-            out[k, :, n:] = 0
+    def compute(rows, enc):
+        feats, lens = encoder.encode(enc, layers, config.device, dtype)
+        feats, lens = feats.cpu().numpy(), lens.tolist()
+        out = np.zeros((len(rows), len(layers), T, encoder.dim), dtype=np.float16)
+        for k, n in enumerate(lens):  # padding positions carry no information: stored as zeros
+            out[k, :, :n] = feats[k, :, :n]
         # checked as stored: a finite float32 above 65504 becomes Inf in the float16 cache
-        bad = ~np.isfinite(out.astype(np.float16)).reshape(len(rows), -1).all(axis=1)
+        bad = ~np.isfinite(out).reshape(len(rows), -1).all(axis=1)
         out[bad] = 0
         return out, {rows[k]: "encoder output is NaN/Inf or overflows float16" for k in np.flatnonzero(bad)}
 
+    # texts are sorted longest first (prepare_text_cache), so a batch pads to nearly its own length;
+    # tokenising runs in a worker thread, ahead of the encoder
     job = Job(lambda lo, hi: [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)],
-              lambda rows: None, compute, lambda r: str(texts[r])[:60])
+              lambda rows: encoder.tokenize([str(texts[r]) for r in rows], T, config.device), compute,
+              lambda r: str(texts[r])[:60])
     summary = run_rows(group, shards_of_task(len(texts), int(attrs["rows_per_shard"]), config.task), job,
                        ShardClaims(config.cache, group.path), workers=1, progress=config.progress,
                        desc=f"text {encoder.name}")
