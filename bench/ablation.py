@@ -67,7 +67,8 @@ def main():
     for name, r in results.items():
         lines += [f"### {name}", "", *r.pop("lines"), ""]
     if args.before:
-        lines.append(f"**Wall-time ratio before / now: {results['before']['wall_s'] / results['now']['wall_s']:.2f}x**")
+        b, n = results["before"], results["now"]
+        lines.append(f"**before / now: {b['wall_s'] / n['wall_s']:.2f}x by wall time, {b['cpu_s'] / n['cpu_s']:.2f}x by CPU time**")
     emit("ablation", {"clips": args.clips, "epochs": args.epochs, "build_cache_s": build_s, "sides": results},
          "\n".join(lines))
 
@@ -79,9 +80,9 @@ def run_side(tree: str, extra: list[str], cache: Path, work: Path, epochs: int) 
     cmd = [sys.executable, "-m", "duetmc", "ablate", "--cache", str(cache), "--out", str(out), "--seeds", "1",
            "--no-sweep", "--epochs", str(epochs), "--patience", str(epochs), "--json", *extra]
     env = dict(os.environ, PYTHONPATH=tree)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(proc.returncode)
@@ -96,7 +97,7 @@ def run_side(tree: str, extra: list[str], cache: Path, work: Path, epochs: int) 
                                         "data_wait_frac": float(np.median([r["data_wait_frac"] for r in rows]))}
     t = res["timings"]
     train_loop = sum(r["epoch_train_s"]["median"] * r["epochs"] for r in per_run.values())
-    lines = [f"`{' '.join(cmd[1:])}` (PYTHONPATH={tree}) wall time: **{wall:.1f} s**.",
+    lines = [f"`{' '.join(cmd[1:])}` (PYTHONPATH={tree}) wall time: **{wall:.1f} s**, CPU time {cpu:.1f} s.",
              f"Phases (CLI timings): load {t['load']:.1f} s, train {t['train']:.1f} s, eval {t['eval']:.1f} s; "
              f"process start-up and the rest {wall - sum(t.values()):.1f} s; epoch loops (steps only) ≈ {train_loop:.1f} s.",
              "", "| row | epoch (steps only) | samples/s | waiting for data | R@1 | R@10 | MedR |", "|---|---|---|---|---|---|---|"]
@@ -105,8 +106,15 @@ def run_side(tree: str, extra: list[str], cache: Path, work: Path, epochs: int) 
         e, m = r["epoch_train_s"], table.get(row, {})
         lines.append(f"| {row} | {e['median']:.2f} s | {r['samples_per_s']:.0f} | {100 * r['data_wait_frac']:.1f} % | "
                      f"{m.get('R@1', float('nan')):.2f} | {m.get('R@10', float('nan')):.2f} | {m.get('MedR', float('nan')):.1f} |")
-    return {"command": " ".join(cmd), "tree": tree, "wall_s": wall, "phases": t, "train_loop_s_est": train_loop,
+    return {"command": " ".join(cmd), "tree": tree, "wall_s": wall, "cpu_s": cpu, "phases": t, "train_loop_s_est": train_loop,
             "runs": per_run, "table": res["table"], "lines": lines}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def slug_of(name: str) -> str:
