@@ -142,14 +142,20 @@ def test_text_featurizer_fails_rows_that_overflow_float16(tmp_path, monkeypatch)
 
     write_views([TextRecord("a", "caption", "quiet text"), TextRecord("b", "caption", "loud text")],
                 tmp_path / "v.jsonl")
-    original = ft.TextEncoder.__call__
+    tokenize, encode = ft.TextEncoder.tokenize, ft.TextEncoder.encode
 
-    def loud(self, texts, *a, **k):
-        feats, lens = original(self, texts, *a, **k)
-        scale = torch.tensor([1e6 if t.startswith("loud") else 1.0 for t in texts]).view(-1, 1, 1, 1)
+    def marked(self, texts, *a, **k):  # the featurizer tokenises ahead of the encoder: mark rows here
+        enc = tokenize(self, texts, *a, **k)
+        return {**enc, "loud": torch.tensor([t.startswith("loud") for t in texts])}
+
+    def loud(self, enc, *a, **k):
+        enc = dict(enc)
+        scale = torch.where(enc.pop("loud"), 1e6, 1.0).view(-1, 1, 1, 1)
+        feats, lens = encode(self, enc, *a, **k)
         return feats * scale, lens  # finite in float32, Inf once stored as float16
 
-    monkeypatch.setattr(ft.TextEncoder, "__call__", loud)
+    monkeypatch.setattr(ft.TextEncoder, "tokenize", marked)
+    monkeypatch.setattr(ft.TextEncoder, "encode", loud)
     s = ft.featurize_text(ft.TextFeaturizeConfig(str(tmp_path / "v.jsonl"), str(tmp_path / "c.zarr"), "tiny-text",
                                                  progress=False))
     assert s.failed == 1 and "overflows float16" in s.failures[0][1] and s.failures[0][0] == "loud text"
