@@ -49,13 +49,15 @@ def test_quickstart_end_to_end_and_cached_rerun(tmp_path):
     # the search page's index, and the one command that opens it, relative to where the user stands
     assert (out / "catalog" / "index.json").exists() and first["serve"].split()[-2:] == ["serve", "qs/catalog"]
 
-    # The CI-sized test split is small; score the trained model on all 52 clips with the val and test
-    # clips' human-style captions (chance R@10 = 19 %) to check that it learnt from real features.
-    run = out / "ablation" / "textswap" / "seed0"
+    # The CI-sized test split is small (its few human-caption queries decide little after 6 steps of
+    # training); score a trained model on all 52 clips with every text (72 queries; chance R@10 19 %)
+    # to check that it learnt from real features.
+    run = out / "ablation" / "tags_only" / "seed0"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    res = json.loads(duetmc("eval", run, "--split", "all", "--json", cwd=elsewhere))[0]["text_to_music"]["en"]
-    assert res["R@10"] > 25.0 and res["MedR"] < 26.5, res  # chance: R@10 19 %, MedR 26.5
+    res = json.loads(duetmc("eval", run, "--split", "all", "--queries", "all", "--json",
+                            cwd=elsewhere))[0]["text_to_music"]["en"]
+    assert res["R@10"] > 30.0 and res["MedR"] < 20, res  # chance: R@10 19 %, MedR 26.5
 
     second = json.loads(duetmc(*args, cwd=tmp_path))
     assert second["work"] == {"clips_rendered": 0, "texts_written": 0, "windows_featurized": 0,
