@@ -101,7 +101,9 @@ def run_side(tree: str, extra: list[str], cache: Path, work: Path, epochs: int) 
              f"Phases (CLI timings): load {t['load']:.1f} s, train {t['train']:.1f} s, eval {t['eval']:.1f} s; "
              f"process start-up and the rest {wall - sum(t.values()):.1f} s; epoch loops (steps only) ≈ {train_loop:.1f} s.",
              "", "| row | epoch (steps only) | samples/s | waiting for data | R@1 | R@10 | MedR |", "|---|---|---|---|---|---|---|"]
-    table = {slug_of(r["config"]): r for r in res["table"]}
+    from duetmc.ablate import slug  # the ablation's own run-folder names
+
+    table = {slug(r["config"]): r for r in res["table"]}
     for row, r in per_run.items():
         e, m = r["epoch_train_s"], table.get(row, {})
         lines.append(f"| {row} | {e['median']:.2f} s | {r['samples_per_s']:.0f} | {100 * r['data_wait_frac']:.1f} % | "
@@ -115,10 +117,6 @@ def _children_cpu() -> float:
 
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def slug_of(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
     emit("ablation", result, "\n".join(lines))
