@@ -74,7 +74,9 @@ class TrainConfig:
                                         "and on CPUs with AVX-512 BF16 or AMX; weights stay fp32).",
                          choices=("fp32", "bf16"))
     val_every: int = opt(1, "run", "Validate every N epochs.", resume="safe")
-    keep_epoch_checkpoints: bool = opt(True, "run", "Keep a checkpoint per epoch.", bool_flag=True, resume="safe")
+    keep_epoch_checkpoints: bool = opt(False, "run", "Also keep a checkpoint per epoch in checkpoints/ (about "
+                                                        "14 MB each with the default heads); best/ and last/ "
+                                                        "are always written.", bool_flag=True, resume="safe")
     plots: bool = opt(True, "run", "Write loss.png and r10.png.", bool_flag=True, resume="safe")
     report_to: str = opt("none", "run", "Experiment tracking: TensorBoard events in RUN/tensorboard/.",
                          choices=("none", "tensorboard"), resume="safe")

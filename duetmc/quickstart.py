@@ -58,6 +58,24 @@ def corpus_config(cfg: QuickstartConfig, out: Path):
                        hard=clean)
 
 
+# What the quickstart writes, measured on its default run (BENCHMARKS.md §0): audio (test clips in both
+# soundfonts), features and views per clip; best/ and last/ (with optimizer state) per trained run.
+BYTES_PER_CLIP = 1.9e6
+BYTES_PER_RUN = 70e6
+
+
+def check_disk(out: Path, cfg: QuickstartConfig) -> None:
+    """Refuse at the start, not after minutes of work, when the disk cannot hold what the run writes."""
+    import shutil
+
+    need = (cfg.items + cfg.test_items) * BYTES_PER_CLIP + (5 * cfg.seeds + 1) * BYTES_PER_RUN
+    need -= sum(f.stat().st_size for f in out.rglob("*") if f.is_file())  # a rerun reuses what is there
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise QuickstartError(f"{out}: the quickstart needs about {need / 1e9:.1f} GB more here and "
+                              f"{free / 1e9:.1f} GB are free; free some space or choose another --out")
+
+
 def _step(name: str, timings: dict, say):
     class _Timer:
         def __enter__(self):
@@ -206,6 +224,7 @@ def run_quickstart(cfg: QuickstartConfig, say=print, progress: bool = True) -> d
 
     out = Path(cfg.out).resolve()  # runs record absolute cache paths, so they work from any directory
     out.mkdir(parents=True, exist_ok=True)
+    check_disk(out, cfg)
     previous = json.loads((out / "quickstart.json").read_text()) if (out / "quickstart.json").exists() else None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

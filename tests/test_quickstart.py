@@ -46,6 +46,12 @@ def test_quickstart_end_to_end_and_cached_rerun(tmp_path):
     for v in first["verdicts"]:
         assert v["ci_low"] <= v["delta_R@10"] <= v["ci_high"] and v["n_queries"] > 0
         assert v["verdict"] == ("helps" if v["ci_low"] > 0 else "hurts" if v["ci_high"] < 0 else "cannot decide")
+    # only best/ and last/ per run, and the disk check's estimate is an upper bound of what was written
+    from duetmc.quickstart import BYTES_PER_CLIP, BYTES_PER_RUN
+
+    assert not list(out.glob("ablation/*/seed0/checkpoints"))
+    written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert written < 52 * BYTES_PER_CLIP + 6 * BYTES_PER_RUN, written
     # the search page's index, and the one command that opens it, relative to where the user stands
     assert (out / "catalog" / "index.json").exists() and first["serve"].split()[-2:] == ["serve", "qs/catalog"]
 

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from duetmc.errors import DuetmcError, path_error
+from duetmc.errors import DuetmcError, machine_error, path_error
 
 COMMANDS: list = []
 
@@ -25,13 +25,19 @@ class DuetmcGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (DuetmcError, PermissionError) as exc:
-            if (ctx.obj or {}).get("debug") or os.environ.get("DUETMC_DEBUG") == "1":
+        except (DuetmcError, OSError) as exc:
+            if not _for_people(exc) or (ctx.obj or {}).get("debug") or os.environ.get("DUETMC_DEBUG") == "1":
                 raise
-            if isinstance(exc, PermissionError) and not isinstance(exc, DuetmcError):
+            if not isinstance(exc, DuetmcError):
                 exc = path_error(exc)
             click.echo(f"error: {' '.join(str(exc).split())}", err=True)
             sys.exit(2)
+
+
+def _for_people(exc: BaseException) -> bool:
+    """duetmc's own errors, and the machine's: no permission, a full disk or quota, a read-only mount.
+    Other OSErrors may be bugs and keep their traceback."""
+    return isinstance(exc, (DuetmcError, PermissionError)) or machine_error(exc)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from duetmc.cache_spec import shard_ranges, task_shards
-from duetmc.errors import UsageError
+from duetmc.errors import UsageError, machine_error
 from duetmc.featurize.locks import ShardClaims
 
 
@@ -187,6 +187,8 @@ def _run_shard(group, s, lohi, job: Job, pool, prefetch: int, summary: RunSummar
             t1 = time.perf_counter()
             feats, failed = job.compute(batch, prepared)
         except Exception as exc:  # one bad batch never loses the others' work
+            if machine_error(exc):
+                raise
             feats, failed = None, {r: f"{type(exc).__name__}: {exc}" for r in batch}
         t2 = time.perf_counter()
         t1 = t1 or t2

@@ -35,7 +35,7 @@ from duetmc.synth.describe import human_captions
 from duetmc.synth.noise import TagNoise, observe_tags
 from duetmc.synth.variants import VARIANT_KINDS, variant_spec
 from duetmc.synth.render import FLUIDR3_GM, TIMGM6MB, Renderer, check_soundfont
-from duetmc.errors import DuetmcError
+from duetmc.errors import DuetmcError, machine_error
 from duetmc.atomic import atomic_write, atomic_write_text
 
 # bump when a change to composing or rendering makes old files stale; reruns then refuse the old dir
@@ -368,6 +368,8 @@ def _make_item(task: tuple[str, int]) -> dict:
         result.update(labels)
         _render(cfg, iid, labels["split"], audio, pm, result)
     except Exception as exc:  # one bad item must not lose the others' work
+        if machine_error(exc):
+            raise
         result["error"] = f"{type(exc).__name__}: {exc}"
     return result
 
