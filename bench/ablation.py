@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import build_cache, emit, stats
+from common import build_cache, emit, run_in_tree, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,13 +77,8 @@ def run_side(tree: str, extra: list[str], cache: Path, work: Path, epochs: int) 
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "duetmc", "ablate", "--cache", str(cache), "--out", str(out), "--seeds", "1",
            "--no-sweep", "--epochs", str(epochs), "--patience", str(epochs), "--json", *extra]
-    env = dict(os.environ, PYTHONPATH=tree)
-    t0, c0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
-    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(proc.returncode)
+    side = run_in_tree(cmd, tree)
+    wall, cpu = side.wall_s, side.cpu_s
     res = json.loads((out / "results.json").read_text())
     per_run = {}
     for run in sorted(out.glob("*/seed0")):
@@ -110,16 +103,6 @@ def run_side(tree: str, extra: list[str], cache: Path, work: Path, epochs: int) 
                      f"{m.get('R@1', float('nan')):.2f} | {m.get('R@10', float('nan')):.2f} | {m.get('MedR', float('nan')):.1f} |")
     return {"command": " ".join(cmd), "tree": tree, "wall_s": wall, "cpu_s": cpu, "phases": t, "train_loop_s_est": train_loop,
             "runs": per_run, "table": res["table"], "lines": lines}
-
-
-def _children_cpu() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-    emit("ablation", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

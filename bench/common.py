@@ -36,6 +36,34 @@ if str(ROOT) not in sys.path:  # run as `python bench/x.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
 
+# --- another checkout, side by side -------------------------------------------------------------
+
+
+@dataclass
+class SideRun:
+    stdout: str
+    wall_s: float
+    cpu_s: float  # user + system time of the child and its own children
+
+
+def run_in_tree(cmd: list[str], tree: str, **env: str) -> SideRun:
+    """Run `cmd` with checkout `tree` first on the import path (and as the working directory), so the
+    previous commit and this one are measured by the same script in one run; a failure exits with its
+    stderr's tail."""
+    import resource
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    t0, c0 = time.perf_counter(), children_cpu()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=tree, **env), cwd=tree)
+    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} (in {tree}) failed:\n{proc.stderr[-3000:]}")
+    return SideRun(proc.stdout, wall, cpu)
+
+
 # --- timing ------------------------------------------------------------------------------------
 
 

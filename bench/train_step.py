@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import emit, stats
+from common import emit, run_in_tree, stats
 
 CACHE = "/tmp/duetmc_bench4/cache_1000"
 HERE = Path(__file__).resolve().parent.parent
@@ -89,12 +88,9 @@ def matmul_peak(threads: int) -> dict:
 
 
 def _worker(tree: str, args: list[str]) -> dict:
-    env = dict(os.environ, DUETMC_BENCH_TREE=tree, OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env,
-                          cwd=tree)
-    if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    side = run_in_tree([sys.executable, __file__, "--worker", *args], tree, DUETMC_BENCH_TREE=tree,
+                       OMP_WAIT_POLICY="PASSIVE")
+    return json.loads(side.stdout.strip().splitlines()[-1])
 
 
 def main():
