@@ -252,7 +252,7 @@ def aggregate(rows: list[dict]) -> dict:
 def analyse(cfg: RecipeConfig, work: Path, caches: list[Path], ablation: dict) -> dict:
     """Per-step paired bootstrap CIs and power, per-configuration CIs, probes, for both test caches."""
     from duetmc.evaluate import EvalConfig
-    from recipe_stats import stack, step_statistics
+    from recipe_stats import PAPER_STEP, stack, step_statistics
 
     eval_cfg = EvalConfig(split="test")
     table = aggregate(ablation["rows"])
@@ -269,7 +269,8 @@ def analyse(cfg: RecipeConfig, work: Path, caches: list[Path], ablation: dict) -
             if before in scores and after in scores:
                 st = step_statistics(stack(scores[before]), stack(scores[after]), table[(before, dataset)],
                                      table[(after, dataset)], cfg.n_boot, seed=0)
-                out["steps"].append({"dataset": dataset, "before": before, "after": after, **st})
+                paper = PAPER_STEP if (before, after) in STEPS[1:4] else ""  # Table 4's three steps only
+                out["steps"].append({"dataset": dataset, "before": before, "after": after, **st, "paper_step": paper})
         out["probes"][dataset] = {f"{c} / seed{s}": p for (c, s), p in probes.items()}
     out["probes_available"] = bool(probes_offered[0])
     return out

@@ -51,7 +51,8 @@ def write_report(summary: dict, path: Path) -> str:
         steps_table(summary),
     ]
     if summary.get("probes_available"):
-        parts += ["## Probes (issue 11)", "```json\n" + json.dumps(summary["probes"], indent=1, default=float) + "\n```"]
+        parts += ["## Probes (issue 11)", probes_table(summary),
+                  "Every probe number per seed:", "```json\n" + json.dumps(summary["probes"], indent=1, default=float) + "\n```"]
     else:
         parts += ["Probes (swap accuracy, partial-query retrieval): the evaluator on this checkout does not "
                   "offer them yet; bench/recipe.py reports them once `evaluate_index` returns them."]
@@ -70,38 +71,50 @@ def _plt():
     return plt
 
 
-def _flatten(value, prefix: str = "") -> dict[str, float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return {prefix: float(value)}
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {}
+def headline_probes(probes: dict) -> dict[str, float]:
+    """The two probe numbers a reader compares across configurations: swap accuracy (% of one-attribute
+    variants scored below the true text, chance 50) and partial-query R@10 (mean over tag categories)."""
+    out = {}
+    swap = probes.get("swap_accuracy") or {}
+    if "mean" in swap:
+        out["swap acc"] = float(swap["mean"])
+    categories = (probes.get("partial_query") or {}).get("per_category") or {}
+    if categories:
+        out["partial R@10"] = float(np.mean([c["R@10"] for c in categories.values()]))
+    return out
 
 
 def probe_means(summary: dict, dataset: str) -> dict[str, dict[str, float]]:
-    """config -> probe metric -> mean over seeds, from whatever numbers the evaluator's probes hold."""
+    """config -> headline probe -> mean over seeds."""
     acc: dict[str, dict[str, list[float]]] = {}
-    for name, probes in summary.get("probes", {}).get(dataset, {}).items():
+    for name, entry in summary.get("probes", {}).get(dataset, {}).items():
         config = name.rsplit(" / seed", 1)[0]
-        for metric, v in _flatten(probes).items():
+        for metric, v in headline_probes(entry.get("probes", {})).items():
             acc.setdefault(config, {}).setdefault(metric, []).append(v)
     return {c: {m: float(np.mean(v)) for m, v in ms.items()} for c, ms in acc.items()}
 
 
+def probes_table(summary: dict) -> str:
+    lines = ["| configuration | test set | swap acc (chance 50) | partial R@10 |", "|---|---|---|---|"]
+    for dataset in summary.get("probes", {}):
+        for config, m in probe_means(summary, dataset).items():
+            lines.append(f"| {config} | {dataset} | {m.get('swap acc', float('nan')):.1f} "
+                         f"| {m.get('partial R@10', float('nan')):.1f} |")
+    return "\n".join(lines)
+
+
 def _probe_panel(ax, summary: dict, configs: list[str]) -> None:
-    dataset = summary["table"][0]["dataset"]
-    means = probe_means(summary, dataset)
-    metrics = sorted({m for ms in means.values() for m in ms})
-    width = 0.8 / max(1, len(metrics))
-    for j, m in enumerate(metrics):
-        ax.bar(np.arange(len(configs)) + j * width, [means.get(c, {}).get(m, np.nan) for c in configs], width, label=m)
-    ax.set_xticks(np.arange(len(configs)) + width * (len(metrics) - 1) / 2)
+    series = [(metric, dataset, probe_means(summary, dataset)) for metric in ("swap acc", "partial R@10")
+              for dataset in summary.get("probes", {})]
+    width = 0.8 / max(1, len(series))
+    for j, (metric, dataset, means) in enumerate(series):
+        ax.bar(np.arange(len(configs)) + j * width, [means.get(c, {}).get(metric, np.nan) for c in configs], width,
+               label=f"{metric}, {dataset}", hatch="//" if metric == "partial R@10" else None)
+    ax.axhline(50, color="k", ls=":", lw=1, label="swap acc chance (50 %)")
+    ax.set_xticks(np.arange(len(configs)) + width * (len(series) - 1) / 2)
     ax.set_xticklabels(configs, rotation=20, ha="right")
-    ax.set(title=f"Probes, {dataset} (mean over seeds)")
-    ax.legend(fontsize=7)
+    ax.set(ylabel="%", title="Probes (mean over seeds)", ylim=(0, 125))
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
 
 
 def recipe_bars(summary: dict, path: Path) -> Path:

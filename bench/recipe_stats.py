@@ -57,5 +57,5 @@ def step_statistics(before: np.ndarray, after: np.ndarray, table_before: dict, t
         "mde_paired": stats.min_detectable_effect(ci.se),
         # unpaired and conservative: seed spread plus the spread of one 500-clip subset
         "mde_unpaired": stats.min_detectable_effect(stats.difference_se(seed_std, subset_std, n_seeds)),
-        "seed_std": seed_std, "subset_std": subset_std, "paper_step": PAPER_STEP,
+        "seed_std": seed_std, "subset_std": subset_std,
     }

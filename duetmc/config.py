@@ -49,6 +49,9 @@ class TrainConfig:
     weight_decay: float = opt(0.05, "optim", "AdamW weight decay.")
     warmup_epochs: int = opt(5, "optim", "Linear learning-rate warm-up epochs.")
     patience: int = opt(10, "optim", "Early-stopping patience in epochs.")
+    select_by: str = opt("val_loss", "optim", "Validation metric that picks best/ and drives early stopping: "
+                                              "val_loss (lower is better) or val_R@10 (higher is better).",
+                         choices=("val_loss", "val_R@10"))
     seed: int = opt(0, "optim", "Seed of every random draw.")
     # the heads (duetmc.heads.model.HeadsConfig takes these plus the cache's shapes)
     dim: int = opt(256, "model", "Embedding size.")

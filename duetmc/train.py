@@ -351,11 +351,12 @@ class Trainer:
         cfg, state, epoch = self.cfg, self.state, record["epoch"]
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
             record.update(validate(self.model, self.indices, self.source, cfg.p_cap))
-        self.improved = record.get("val_loss") is not None and (
-            state["best_val"] is None or record["val_loss"] < state["best_val"])
+        value, best = record.get(cfg.select_by), state["best_val"]
+        sign = -1.0 if cfg.select_by == "val_R@10" else 1.0  # compare as "lower is better"
+        self.improved = value is not None and (best is None or sign * value < sign * best)
         if self.improved:
-            state["best_val"], state["best_epoch"], state["bad_epochs"] = record["val_loss"], epoch, 0
-        elif record.get("val_loss") is not None:
+            state["best_val"], state["best_epoch"], state["bad_epochs"] = value, epoch, 0
+        elif value is not None:
             state["bad_epochs"] += 1
         state.update(epoch=epoch + 1, step=0, train_loss_sum=0.0, train_samples=0, train_seconds=0.0,
                      wait_seconds=0.0, stopped_early=state["bad_epochs"] >= cfg.patience)
@@ -390,7 +391,9 @@ class Trainer:
     def finish(self) -> dict:
         state = self.state
         summary = {"status": "finished", "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-                   "best_val_loss": state["best_val"], "stopped_early": state["stopped_early"],
+                   "select_by": self.cfg.select_by, "best_val": state["best_val"],
+                   "best_val_loss": state["best_val"] if self.cfg.select_by == "val_loss" else None,
+                   "stopped_early": state["stopped_early"],
                    "trainable_parameters": self.model.trainable_parameters(), "mode": self.mode,
                    "run": str(self.out), "load_seconds": self.t_load, "train_seconds": None}
         if self.rank == 0:

@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import recipe  # noqa: E402
+import recipe_report  # noqa: E402
 import recipe_stats  # noqa: E402
 from duetmc.errors import UsageError  # noqa: E402
 from duetmc.manifest import Item  # noqa: E402
@@ -68,6 +69,9 @@ def test_tiny_recipe_end_to_end_and_rerun_reuses_everything(tmp_path):
     assert all(Path(p).stat().st_size > 0 for p in s["plots"])
     report = (tmp_path / "w" / "report.md").read_text()
     assert "excludes zero" in report and "Probes (issue 11)" in report
+    means = recipe_report.probe_means(s, "test (FluidR3)")["+ TextSwap"]
+    assert set(means) == {"swap acc", "partial R@10"} and 0 <= means["swap acc"] <= 100
+    assert f"| + TextSwap | test (FluidR3) | {means['swap acc']:.1f} |" in report
     again = recipe.run_recipe(cfg, say=lambda *a: None)
     assert again["runs_trained"] == 0 and again["timings"]["synth"]["rendered"] == 0
     assert again["timings"]["cache"]["texts"] == 0 and again["table"] == s["table"]

@@ -255,3 +255,22 @@ def test_bf16_precision_trains_under_autocast_keeps_fp32_weights(signal_cache, t
 def test_precision_must_be_fp32_or_bf16(signal_cache, tmp_path):
     with pytest.raises(UsageError, match="--precision must be fp32 or bf16"):
         small(signal_cache, tmp_path / "run", precision="fp16").validate()
+
+
+@pytest.mark.parametrize("select_by", ["val_loss", "val_R@10"])
+def test_best_checkpoint_and_early_stopping_follow_the_selection_metric(signal_cache, tmp_path, select_by):
+    run = tmp_path / select_by
+    s = train(small(signal_cache, run, epochs=5, lr=3e-3, select_by=select_by, keep_epoch_checkpoints=True))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    values = [r[select_by] for r in rows]
+    best = int(np.argmin(values)) if select_by == "val_loss" else int(np.argmax(values))  # the first best
+    assert s["select_by"] == select_by and s["best_epoch"] == best and s["best_val"] == values[best]
+    assert json.loads((run / "best" / "state.json").read_text())["epoch"] == best
+    best_w, same_epoch = _weights(run, "best"), _weights(run, f"checkpoints/epoch_{best:03d}")
+    assert all(torch.equal(best_w[k], same_epoch[k]) for k in best_w)
+    # patience counts epochs without improvement of this metric
+    stopped = train(small(signal_cache, tmp_path / f"{select_by}_p1", epochs=5, lr=3e-3, select_by=select_by,
+                          patience=1))
+    first_worse = next((i for i in range(1, 5) if not (values[i] < min(values[:i]) if select_by == "val_loss"
+                                                       else values[i] > max(values[:i]))), None)
+    assert stopped["epochs"] == (first_worse + 1 if first_worse is not None else 5)

@@ -163,9 +163,10 @@ def train_cmd(caches, weights, audio_key, text_key, config_file, out, resume, as
     elif as_json:
         emit_json(summary)
     elif summary["status"] == "finished":
-        early = " (stopped early: validation loss stopped improving)" if summary.get("stopped_early") else ""
+        metric = summary["select_by"].replace("_", " ")
+        early = f" (stopped early: {metric} stopped improving)" if summary.get("stopped_early") else ""
         click.echo(f"finished {summary['epochs']} epochs{early}; best epoch {summary['best_epoch']} "
-                   f"(val loss {summary['best_val_loss']}); {summary['trainable_parameters']:,} trainable "
+                   f"({metric} {summary['best_val']}); {summary['trainable_parameters']:,} trainable "
                    f"parameters; run in {out}")
     else:
         click.echo(f"pre-empted at epoch {summary['epoch']}, step {summary['step']}; checkpoint saved. "

@@ -1,0 +1,107 @@
+"""Benchmark 8b: does checkpoint selection decide the recipe's verdicts? Selection by validation R@10
+instead of validation loss, on a finished `bench/recipe.py` work folder.
+
+Needs the per-epoch checkpoints (`--keep-epoch-checkpoints`; the recipe run reported in BENCHMARKS.md
+section 8 kept them). For every trained run it takes the epoch with the best validation R@10 (ties: the
+earlier), scores it on both test caches with the recipe's protocol and compares each Table 4 step with
+the same paired bootstrap as the recipe. Per-query scores land beside the runs and are reused.
+
+    .venv/bin/python bench/recipe_selection.py --work bench_work
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [p for p in (str(BENCH.parent), str(BENCH)) if p not in sys.path]
+
+import common  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch starts)
+import numpy as np  # noqa: E402
+
+from duetmc.ablate import run_dir, slug  # noqa: E402
+from recipe import DATASETS, STEPS  # noqa: E402
+
+TRAINED = ["tags only", "+ tag-to-caption", "+ View Dropout", "+ TextSwap"]
+
+
+def best_epochs(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    val = [r for r in rows if "val_R@10" in r]
+    by_r10 = max(val, key=lambda r: (r["val_R@10"], -r["epoch"]))
+    by_loss = min(val, key=lambda r: (r["val_loss"], r["epoch"]))
+    return {"by_loss": by_loss["epoch"], "by_r10": by_r10["epoch"], "p_swap_at_r10": by_r10.get("p_swap", 0.0),
+            "val_R@10_by_loss": by_loss["val_R@10"], "val_R@10_by_r10": by_r10["val_R@10"]}
+
+
+def scores_at(run: Path, epoch: int, cache: Path, dataset: str, spec, eval_cfg) -> np.ndarray:
+    from duetmc.feature_source import MemorySource
+    from duetmc.pairs import DataSpec, PairIndex
+    from duetmc.run import load_run
+    from recipe_stats import load_scores, query_scores, save_scores
+
+    path = run / f"scores_r10sel_{slug(dataset)}.npz"
+    s = load_scores(path)
+    if s is None:
+        index = PairIndex(DataSpec(str(cache), spec.audio, spec.text))
+        source = MemorySource([index], "cpu")
+        model, _ = load_run(run, f"checkpoints/epoch_{epoch:03d}")
+        s = query_scores(model, index, eval_cfg, source, 0)
+        source.close()
+        save_scores(path, s)
+    return s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="bench_work")
+    ap.add_argument("--n-boot", type=int, default=10_000)
+    args = ap.parse_args()
+    from duetmc.evaluate import EvalConfig
+    from duetmc.pairs import resolve_spec
+    from recipe_stats import load_scores, stack, step_statistics
+
+    work = Path(args.work)
+    seeds = len(list((work / "ablation" / slug("tags only")).glob("seed*")))
+    eval_cfg = EvalConfig(split="test")
+    spec = resolve_spec(str(work / "cache.zarr"))
+    caches = [work / "cache.zarr", work / "cache_heldout_sf.zarr"]
+    epochs = {(c, s): best_epochs(run_dir(work / "ablation", c, s)) for c in TRAINED for s in range(seeds)}
+    out = {"epochs": {f"{c} / seed{s}": e for (c, s), e in epochs.items()}, "steps": [], "R@10": {}}
+    for cache, dataset in zip(caches, DATASETS):
+        scores = {c: [scores_at(run_dir(work / "ablation", c, s), epochs[(c, s)]["by_r10"], cache, dataset, spec,
+                                eval_cfg) for s in range(seeds)] for c in TRAINED}
+        scores["untrained heads"] = [load_scores(run_dir(work / "ablation", "untrained heads", s)
+                                                 / f"scores_{slug(dataset)}.npz") for s in range(seeds)]
+        row = {"R@10_std": 0.0, "R@10_subset_std": 0.0}  # the unpaired MDE is not reported here
+        for before, after in STEPS[1:4]:
+            st = step_statistics(stack(scores[before]), stack(scores[after]), row, row, args.n_boot, seed=0)
+            out["steps"].append({"dataset": dataset, "before": before, "after": after,
+                                 **{k: st[k] for k in ("delta_R@10", "ci_low", "ci_high", "excludes_zero", "mde_paired")}})
+        out["R@10"][dataset] = {c: float(np.mean([stack([s]).mean() for s in scores[c]])) for c in TRAINED}
+    (work / "selection_by_r10.json").write_text(json.dumps(out, indent=1))
+    print(report(out))
+
+
+def report(out: dict) -> str:
+    lines = ["| run | best val loss at epoch | best val R@10 at epoch (p_swap) | val R@10 there: by loss → by R@10 |",
+             "|---|---|---|---|"]
+    for name, e in out["epochs"].items():
+        lines.append(f"| {name} | {e['by_loss']} | {e['by_r10']} ({e['p_swap_at_r10']:.2f}) "
+                     f"| {e['val_R@10_by_loss']:.1f} → {e['val_R@10_by_r10']:.1f} |")
+    lines += ["", "| step (checkpoints selected by val R@10) | test set | ΔR@10 | 95 % CI | excludes zero | MDE paired |",
+              "|---|---|---|---|---|---|"]
+    for s in out["steps"]:
+        lines.append(f"| {s['before']} → {s['after']} | {s['dataset']} | {s['delta_R@10']:+.1f} "
+                     f"| [{s['ci_low']:+.1f}, {s['ci_high']:+.1f}] | {'yes' if s['excludes_zero'] else 'no'} "
+                     f"| {s['mde_paired']:.1f} |")
+    lines += ["", "Test R@10 (mean of per-query scores over seeds): " + json.dumps(
+        {d: {c: round(v, 1) for c, v in r.items()} for d, r in out["R@10"].items()})]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
