@@ -12,6 +12,7 @@ per-query scores); a rerun with different settings is refused. Scales:
   tiny   18 train / 2 val / 10 test clips, tiny encoders, 1 seed, 2 epochs (the test suite's smoke run)
 
     .venv/bin/python bench/recipe.py --scale full --work bench_work
+    .venv/bin/python bench/recipe_selection.py --work bench_work    # then: checkpoints chosen by val R@10
 """
 
 from __future__ import annotations
@@ -179,7 +180,9 @@ def ablate(cfg: RecipeConfig, work: Path, caches: list[Path], say) -> dict:
     from duetmc.evaluate import EvalConfig
     from duetmc.train import TrainConfig
 
-    base = TrainConfig(data=[resolve_spec(str(caches[0]))], out=str(work / "ablation"), seed=0, **cfg.train)
+    # every epoch's checkpoint is kept: bench/recipe_selection.py scores them again (12 runs x 20 x 14 MB)
+    base = TrainConfig(data=[resolve_spec(str(caches[0]))], out=str(work / "ablation"), seed=0,
+                       keep_epoch_checkpoints=True, **cfg.train)
     t0 = time.perf_counter()
     result = run_ablation(AblateConfig(base, [str(c) for c in caches], list(DATASETS), seeds=cfg.seeds,
                                        p_cap_sweep=False, eval=EvalConfig(split="test")), progress=False)

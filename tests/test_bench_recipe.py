@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import recipe  # noqa: E402
 import recipe_report  # noqa: E402
+import recipe_selection  # noqa: E402
 import recipe_stats  # noqa: E402
 from duetmc.errors import UsageError  # noqa: E402
 from duetmc.manifest import Item  # noqa: E402
@@ -57,7 +58,7 @@ def test_aggregate_keeps_seed_and_subset_spread():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (FLUIDR3_GM.is_file() and TIMGM6MB.is_file()), reason="needs both soundfonts")
-def test_tiny_recipe_end_to_end_and_rerun_reuses_everything(tmp_path):
+def test_tiny_recipe_end_to_end_and_rerun_reuses_everything(tmp_path, monkeypatch, capsys):
     cfg = recipe.RecipeConfig.for_scale("tiny", work=str(tmp_path / "w"), items=10, test_items=4, epochs=1,
                                         n_boot=200)
     s = recipe.run_recipe(cfg, say=lambda *a: None)
@@ -72,6 +73,13 @@ def test_tiny_recipe_end_to_end_and_rerun_reuses_everything(tmp_path):
     means = recipe_report.probe_means(s, "test (FluidR3)")["+ TextSwap"]
     assert set(means) == {"swap acc", "partial R@10"} and 0 <= means["swap acc"] <= 100
     assert f"| + TextSwap | test (FluidR3) | {means['swap acc']:.1f} |" in report
+    # benchmark 8b: the same runs scored at the epoch with the best validation R@10
+    monkeypatch.setattr(sys, "argv", ["recipe_selection.py", "--work", str(tmp_path / "w"), "--n-boot", "200"])
+    recipe_selection.main()
+    sel = json.loads((tmp_path / "w" / "selection_by_r10.json").read_text())
+    assert len(sel["epochs"]) == 4 and all(e["by_r10"] == e["by_loss"] == 0 for e in sel["epochs"].values())
+    assert [(st["before"], st["after"]) for st in sel["steps"]] == recipe.STEPS[1:4] * 2
+    assert "checkpoints selected by val R@10" in capsys.readouterr().out
     again = recipe.run_recipe(cfg, say=lambda *a: None)
     assert again["runs_trained"] == 0 and again["timings"]["synth"]["rendered"] == 0
     assert again["timings"]["cache"]["texts"] == 0 and again["table"] == s["table"]
