@@ -83,3 +83,35 @@ def test_quickstart_refuses_at_the_start_when_the_disk_is_too_small(tmp_path, mo
     monkeypatch.setattr("shutil.disk_usage", lambda p: Usage(10**12, 0, int(need) - 10**4))
     with pytest.raises(quickstart.QuickstartError):
         quickstart.check_disk(tmp_path, small)
+
+
+def test_a_write_that_fills_the_disk_names_the_file_it_was_writing(tmp_path):
+    from duetmc.atomic import atomic_write
+
+    def fill(tmp):
+        with open("/dev/full", "wb") as f:  # a real ENOSPC from the kernel, which names no file
+            f.write(b"\0" * 65536)
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "clip.wav", fill)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "clip.wav")
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
+
+
+def test_featurize_names_the_cache_when_the_disk_fills(tmp_path, monkeypatch):
+    import zarr
+
+    real = zarr.Array.__setitem__
+
+    def full(self, key, value):
+        if self.basename == "features":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    cache = tmp_path / "c.zarr"
+    res = CliRunner().invoke(main, ["featurize", "text", str(_manifest(tmp_path)), "--cache", str(cache),
+                                    "--encoder", "tiny-text"])
+    assert res.exit_code == 2, res.output
+    line = res.output[res.output.index("error: "):].strip()  # after the progress bar's last frame
+    assert line.startswith(f"error: {cache}/text/") and "(rows 0-" in line and "no space left on device" in line, line

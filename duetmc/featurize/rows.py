@@ -139,7 +139,13 @@ class _ShardWriter:
         if not self.fresh:
             return {}
         features, lo, hi = self.group["features"], self.lo, self.hi
-        features[lo:hi] = self.buf
+        try:
+            features[lo:hi] = self.buf
+        except OSError as exc:  # the store's write names no file: name the cache group
+            if exc.filename is not None or exc.errno is None:
+                raise
+            where = f"{getattr(self.group.store, 'root', self.group.store)}/{self.group.path}"
+            raise OSError(exc.errno, exc.strerror, f"{where} (rows {lo}-{hi - 1})") from exc
         back = np.asarray(features[lo:hi])
         failed = {}
         for r, reason in self.fresh.items():

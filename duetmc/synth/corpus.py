@@ -21,6 +21,7 @@ manifests keep the observed tags in `tags` and the truth in `true_tags`; val and
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import time
@@ -389,5 +390,8 @@ def _render(cfg: SynthConfig, iid: str, split: str, audio: Path, pm, result: dic
         if path.exists():
             continue
         x = _renderer(soundfont).render(pm, cfg.seconds)
-        atomic_write(path, lambda tmp: sf.write(tmp, x, cfg.sample_rate, subtype="PCM_16", format="WAV"))
+        # encoded in memory, written by Python: libsndfile reports a full disk only as "System error."
+        wav_bytes = io.BytesIO()
+        sf.write(wav_bytes, x, cfg.sample_rate, subtype="PCM_16", format="WAV")
+        atomic_write(path, lambda tmp: tmp.write_bytes(wav_bytes.getbuffer()))
         result["rendered"] = True
