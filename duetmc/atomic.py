@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from duetmc.errors import naming_file
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` fills a temporary file in the same folder; it then replaces `path` in one rename."""
@@ -15,12 +17,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:  # a failed write() names no file: name it
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
+        with naming_file(str(path)):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -7,6 +7,7 @@ the CLI prints it as one line. Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -34,6 +35,17 @@ def machine_error(exc: BaseException) -> bool:
     """A full disk or quota, or a read-only mount: not one item's fault, so a loop that records a bad
     item and goes on must stop instead (every later item would fail the same way)."""
     return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+@contextlib.contextmanager
+def naming_file(path: str):
+    """A failed write() raises an OSError that names no file; name the one being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, path) from exc
 
 
 def path_error(exc: OSError, what: str = "") -> PathError:

@@ -68,7 +68,8 @@ def check_disk(out: Path, cfg: QuickstartConfig) -> None:
     """Refuse at the start, not after minutes of work, when the disk cannot hold what the run writes."""
     import shutil
 
-    need = (cfg.items + cfg.test_items) * BYTES_PER_CLIP + (5 * cfg.seeds + 1) * BYTES_PER_RUN
+    runs = len({config for step in STEPS for config in step}) * cfg.seeds + 1  # + the catalog's model
+    need = (cfg.items + cfg.test_items) * BYTES_PER_CLIP + runs * BYTES_PER_RUN
     need -= sum(f.stat().st_size for f in out.rglob("*") if f.is_file())  # a rerun reuses what is there
     free = shutil.disk_usage(out).free
     if need > free:

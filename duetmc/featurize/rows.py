@@ -24,7 +24,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from duetmc.cache_spec import shard_ranges, task_shards
-from duetmc.errors import UsageError, machine_error
+from duetmc.errors import UsageError, machine_error, naming_file
 from duetmc.featurize.locks import ShardClaims
 
 
@@ -139,13 +139,9 @@ class _ShardWriter:
         if not self.fresh:
             return {}
         features, lo, hi = self.group["features"], self.lo, self.hi
-        try:
+        where = f"{getattr(self.group.store, 'root', self.group.store)}/{self.group.path} (rows {lo}-{hi - 1})"
+        with naming_file(where):  # the store's write names no file: name the cache group and rows
             features[lo:hi] = self.buf
-        except OSError as exc:  # the store's write names no file: name the cache group
-            if exc.filename is not None or exc.errno is None:
-                raise
-            where = f"{getattr(self.group.store, 'root', self.group.store)}/{self.group.path}"
-            raise OSError(exc.errno, exc.strerror, f"{where} (rows {lo}-{hi - 1})") from exc
         back = np.asarray(features[lo:hi])
         failed = {}
         for r, reason in self.fresh.items():
