@@ -196,8 +196,9 @@ def ablate(cfg: RecipeConfig, work: Path, caches: list[Path], say) -> dict:
 
 
 def _scores_for_dataset(work: Path, cache: Path, dataset: str, configs: list[str], seeds: int, eval_cfg,
-                        probes_offered: list) -> tuple[dict, dict]:
-    """Per-query scores (and probes, where the evaluator offers them) of every run on one test cache."""
+                        probes_offered: list, checkpoint=lambda config, seed: "best", tag: str = "") -> tuple[dict, dict]:
+    """Per-query scores (and probes, where the evaluator offers them; `probes_offered` [False]: none) of
+    every run on one test cache, at `checkpoint(config, seed)`; `tag` names another checkpoint's score files."""
     from duetmc.feature_source import MemorySource
     from duetmc.pairs import DataSpec, PairIndex, resolve_spec
     from duetmc.evaluate import evaluate_index
@@ -212,11 +213,11 @@ def _scores_for_dataset(work: Path, cache: Path, dataset: str, configs: list[str
         for config in configs:
             for seed in range(seeds):
                 run = run_dir(work / "ablation", config, seed)
-                path = run / f"scores_{slug(dataset)}.npz"
+                path = run / f"scores{tag}_{slug(dataset)}.npz"
                 s = load_scores(path)
                 if s is None or (probes_offered[0] is not False and not (run / f"probes_{slug(dataset)}.json").exists()):
                     source = source or MemorySource([index], "cpu")
-                    model, _ = load_run(run)  # best, or last when pre-empted before validating
+                    model, _ = load_run(run, checkpoint(config, seed))  # best: last if pre-empted before validating
                     if s is None:
                         s = query_scores(model, index, eval_cfg, source, 0)
                         save_scores(path, s)

@@ -23,36 +23,19 @@ import common  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch starts)
 import numpy as np  # noqa: E402
 
 from duetmc.ablate import run_dir, slug  # noqa: E402
-from recipe import DATASETS, STEPS  # noqa: E402
+from recipe import DATASETS, STEPS, _scores_for_dataset  # noqa: E402
 
 TRAINED = ["tags only", "+ tag-to-caption", "+ View Dropout", "+ TextSwap"]
 
 
 def best_epochs(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    val = [r for r in rows if "val_R@10" in r]
+    from duetmc.run import read_metrics
+
+    val = [r for r in read_metrics(run) if "val_R@10" in r]
     by_r10 = max(val, key=lambda r: (r["val_R@10"], -r["epoch"]))
     by_loss = min(val, key=lambda r: (r["val_loss"], r["epoch"]))
     return {"by_loss": by_loss["epoch"], "by_r10": by_r10["epoch"], "p_swap_at_r10": by_r10.get("p_swap", 0.0),
             "val_R@10_by_loss": by_loss["val_R@10"], "val_R@10_by_r10": by_r10["val_R@10"]}
-
-
-def scores_at(run: Path, epoch: int, cache: Path, dataset: str, spec, eval_cfg) -> np.ndarray:
-    from duetmc.feature_source import MemorySource
-    from duetmc.pairs import DataSpec, PairIndex
-    from duetmc.run import load_run
-    from recipe_stats import load_scores, query_scores, save_scores
-
-    path = run / f"scores_r10sel_{slug(dataset)}.npz"
-    s = load_scores(path)
-    if s is None:
-        index = PairIndex(DataSpec(str(cache), spec.audio, spec.text))
-        source = MemorySource([index], "cpu")
-        model, _ = load_run(run, f"checkpoints/epoch_{epoch:03d}")
-        s = query_scores(model, index, eval_cfg, source, 0)
-        source.close()
-        save_scores(path, s)
-    return s
 
 
 def main() -> None:
@@ -61,21 +44,18 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=10_000)
     args = ap.parse_args()
     from duetmc.evaluate import EvalConfig
-    from duetmc.pairs import resolve_spec
-    from recipe_stats import load_scores, stack, step_statistics
+    from recipe_stats import stack, step_statistics
 
     work = Path(args.work)
     seeds = len(list((work / "ablation" / slug("tags only")).glob("seed*")))
-    eval_cfg = EvalConfig(split="test")
-    spec = resolve_spec(str(work / "cache.zarr"))
     caches = [work / "cache.zarr", work / "cache_heldout_sf.zarr"]
     epochs = {(c, s): best_epochs(run_dir(work / "ablation", c, s)) for c in TRAINED for s in range(seeds)}
     out = {"epochs": {f"{c} / seed{s}": e for (c, s), e in epochs.items()}, "steps": [], "R@10": {}}
     for cache, dataset in zip(caches, DATASETS):
-        scores = {c: [scores_at(run_dir(work / "ablation", c, s), epochs[(c, s)]["by_r10"], cache, dataset, spec,
-                                eval_cfg) for s in range(seeds)] for c in TRAINED}
-        scores["untrained heads"] = [load_scores(run_dir(work / "ablation", "untrained heads", s)
-                                                 / f"scores_{slug(dataset)}.npz") for s in range(seeds)]
+        eval_cfg, no_probes = EvalConfig(split="test"), [False]
+        scores, _ = _scores_for_dataset(work, cache, dataset, TRAINED, seeds, eval_cfg, no_probes,
+                                        lambda c, s: f"checkpoints/epoch_{epochs[(c, s)]['by_r10']:03d}", "_r10sel")
+        scores.update(_scores_for_dataset(work, cache, dataset, ["untrained heads"], seeds, eval_cfg, no_probes)[0])
         row = {"R@10_std": 0.0, "R@10_subset_std": 0.0}  # the unpaired MDE is not reported here
         for before, after in STEPS[1:4]:
             st = step_statistics(stack(scores[before]), stack(scores[after]), row, row, args.n_boot, seed=0)
